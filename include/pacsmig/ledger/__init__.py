@@ -179,6 +179,33 @@ class Ledger:
              entry_hash))
         return entry_hash
 
+    def append_custody_many(self, cur: psycopg2.extensions.cursor,
+                            entries: list[tuple[str | None, str, dict[str, Any]]],
+                            actor_: str | None = None) -> int:
+        """Append many chained entries ``(study_uid, event, details)`` in one round trip."""
+        if not entries:
+            return 0
+        actor_ = actor_ or actor()
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CUSTODY_LOCK_KEY,))
+        cur.execute("SELECT entry_hash FROM custody ORDER BY seq DESC LIMIT 1")
+        last = cur.fetchone()
+        prev_hash = _get(last, "entry_hash", 0) if last else GENESIS_HASH
+        cur.execute("SELECT nextval(pg_get_serial_sequence('custody', 'seq')) AS seq "
+                    "FROM generate_series(1, %s)", (len(entries),))
+        seqs = sorted(int(_get(r, "seq", 0)) for r in cur.fetchall())
+        created_at = datetime.now(UTC)
+        rows = []
+        for seq, (study_uid, event, details) in zip(seqs, entries, strict=True):
+            body = json.loads(canonical(details or {}))
+            entry_hash = custody_entry_hash(prev_hash, seq, study_uid, event, actor_, body, created_at)
+            rows.append((seq, study_uid, event, actor_, json.dumps(body), created_at, prev_hash,
+                         entry_hash))
+            prev_hash = entry_hash
+        psycopg2.extras.execute_values(
+            cur, "INSERT INTO custody (seq, study_instance_uid, event, actor, details, created_at, "
+            "prev_hash, entry_hash) VALUES %s", rows, page_size=1000)
+        return len(rows)
+
     def custody(self, event: str, study_instance_uid: str | None = None,
                 details: dict[str, Any] | None = None) -> str:
         """Append a custody entry in its own transaction."""

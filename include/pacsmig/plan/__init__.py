@@ -1,0 +1,1 @@
+"""Phase 2: inventory into the ledger, strategies, partitions and priorities."""

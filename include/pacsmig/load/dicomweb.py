@@ -1,0 +1,236 @@
+"""DICOMweb destination: STOW-RS batches, QIDO-RS listing, WADO-RS read-back of the stored bytes.
+
+``requests`` is used directly rather than ``dicomweb-client``: STOW must send the Part-10 files
+byte for byte (dicomweb-client re-encodes datasets) and WADO must return the raw part as the
+target holds it, with per-instance results parsed from the STOW response.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import requests
+
+from pacsmig.config import ConnectionSpec
+from pacsmig.errors import ConfigError
+from pacsmig.load.base import (
+    STORED,
+    BaseDestination,
+    Fatal,
+    Item,
+    PutResult,
+    Transient,
+    extra_float,
+    extra_int,
+)
+
+logger = logging.getLogger(__name__)
+
+_REFERENCED = "00081199"
+_FAILED = "00081198"
+_SOP_INSTANCE = "00081155"
+_FAILURE_REASON = "00081197"
+_WARNING_REASON = "00081196"
+_SERIES_UID = "0020000E"
+_SOP_UID = "00080018"
+#: Failure reasons meaning "the target already has this SOP Instance UID" (PS3.4 0x0111,
+#: dcm4chee's 0xA770 is not standard; 0x0111 is Duplicate SOP Instance).
+_DUPLICATE_REASONS = {0x0111}
+_TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
+_ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def _first(element: dict[str, Any] | None) -> Any:
+    values = (element or {}).get("Value") or []
+    return values[0] if values else None
+
+
+def _by_sop(sequence: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Items of a STOW response sequence keyed by their ReferencedSOPInstanceUID."""
+    return {str(_first(item.get(_SOP_INSTANCE))): item for item in (sequence or {}).get("Value") or []}
+
+
+def parse_multipart(content_type: str, body: bytes) -> list[bytes]:
+    """The bodies of a ``multipart/related`` message (Content-Length honoured when given)."""
+    params = dict(
+        (p.split("=", 1)[0].strip().lower(), p.split("=", 1)[1].strip().strip('"'))
+        for p in content_type.split(";")[1:] if "=" in p
+    )
+    boundary = params.get("boundary")
+    if not boundary:
+        raise ValueError("multipart answer without boundary")
+    delimiter = b"--" + boundary.encode()
+    parts: list[bytes] = []
+    pos = body.find(delimiter)
+    while pos >= 0:
+        pos += len(delimiter)
+        if body[pos:pos + 2] == b"--":
+            break
+        head_end = body.find(b"\r\n\r\n", pos)
+        if head_end < 0:
+            break
+        headers = body[pos:head_end].decode("latin-1").split("\r\n")
+        lengths = [int(h.split(":", 1)[1]) for h in headers if h.lower().startswith("content-length:")]
+        length = lengths[0] if lengths else None
+        start = head_end + 4
+        if length is not None:
+            parts.append(body[start:start + length])
+            pos = body.find(delimiter, start + length)
+        else:
+            end = body.find(b"\r\n" + delimiter, start)
+            if end < 0:
+                break
+            parts.append(body[start:end])
+            pos = end + 2
+    return parts
+
+
+class DicomWebDestination(BaseDestination):
+    """A DICOMweb archive (STOW-RS / QIDO-RS / WADO-RS) behind one keep-alive session.
+
+    Parameters
+    ----------
+    name
+        Destination name (the connection id).
+    base_url
+        The DICOMweb root, e.g. ``http://127.0.0.1:8042/dicom-web``.
+    auth
+        ``(login, password)`` for HTTP basic auth, or None.
+    timeout
+        Seconds per HTTP request.
+    page_size
+        QIDO-RS ``limit`` per page.
+    """
+
+    kind = "DICOMweb"
+
+    def __init__(self, name: str, base_url: str, auth: tuple[str, str] | None = None, timeout: float = 120.0,
+                 page_size: int = 1000, batch_size: int = 30, retries: int = 4, backoff: float = 1.0) -> None:
+        super().__init__(name, batch_size=min(max(batch_size, 1), 100), retries=retries, backoff=backoff)
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.page_size = max(1, page_size)
+        self.session = requests.Session()
+        if auth:
+            self.session.auth = auth
+
+    @classmethod
+    def from_connection(cls, conn: ConnectionSpec) -> DicomWebDestination:
+        """Build from an ``http`` connection (host, port, schema, extra ``dicomweb_path``)."""
+        if not conn.host:
+            raise ConfigError(f"connection {conn.conn_id}: host is required for DICOMweb")
+        extra = conn.extra
+        scheme = conn.schema if conn.schema in ("http", "https") else str(extra.get("scheme") or "http")
+        port = f":{conn.port}" if conn.port else ""
+        path = "/" + str(extra.get("dicomweb_path") or "/dicom-web").strip("/")
+        auth = (conn.login, conn.password or "") if conn.login else None
+        return cls(conn.conn_id, f"{scheme}://{conn.host}{port}{path}", auth=auth,
+                   timeout=extra_float(extra, "timeout", 120.0),
+                   page_size=extra_int(extra, "page_size", 1000),
+                   batch_size=extra_int(extra, "batch_size", 30), retries=extra_int(extra, "retries", 4),
+                   backoff=extra_float(extra, "backoff", 1.0))
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self.session.close()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        try:
+            resp = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise Transient(f"{type(exc).__name__} on {method} {url}") from exc
+        if resp.status_code in _TRANSIENT_HTTP:
+            raise Transient(f"HTTP {resp.status_code} on {method} {url}")
+        return resp
+
+    # --- STOW-RS ---------------------------------------------------------------------------
+    def _put(self, items: Sequence[Item]) -> list[PutResult]:
+        boundary = uuid.uuid4().hex
+        head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        body = b"".join(head + item.load() + b"\r\n" for item in items) + f"--{boundary}--\r\n".encode()
+        resp = self._request("POST", f"{self.base_url}/studies", data=body, headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json"})
+        answer: dict[str, Any] = {}
+        if resp.content:
+            try:
+                parsed = json.loads(resp.content)
+                answer = parsed[0] if isinstance(parsed, list) and parsed else parsed
+            except ValueError:
+                answer = {}
+        if not isinstance(answer, dict) or (_REFERENCED not in answer and _FAILED not in answer):
+            if resp.status_code in (200, 202, 409, 400) and not answer:
+                # A success code without a STOW answer proves nothing per instance.
+                return [PutResult("failed", f"HTTP {resp.status_code} without a STOW response body")
+                        for _ in items]
+            raise Fatal(f"HTTP {resp.status_code} on POST {self.base_url}/studies")
+        referenced = _by_sop(answer.get(_REFERENCED))
+        failed = _by_sop(answer.get(_FAILED))
+        status = f"HTTP {resp.status_code}"
+        results: list[PutResult] = []
+        for item in items:
+            sop = item.sop_instance_uid
+            if sop in referenced:
+                warning = _first(referenced[sop].get(_WARNING_REASON))
+                if warning is not None:
+                    # The target changed or already had something: prove the content.
+                    results.append(PutResult("check", f"{status}, WarningReason 0x{int(warning):04X}"))
+                else:
+                    results.append(PutResult(STORED, f"{status}, referenced"))
+            elif sop in failed:
+                reason = _first(failed[sop].get(_FAILURE_REASON))
+                code = f"0x{int(reason):04X}" if reason is not None else "none"
+                if reason is not None and int(reason) in _DUPLICATE_REASONS:
+                    results.append(PutResult("check", f"{status}, FailureReason {code} (duplicate)"))
+                else:
+                    results.append(PutResult("failed", f"{status}, FailureReason {code}"))
+            else:
+                results.append(PutResult("failed", f"{status}, not acknowledged in STOW response"))
+        return results
+
+    # --- QIDO-RS ---------------------------------------------------------------------------
+    def _list(self, study_instance_uid: str) -> dict[str, str]:
+        found: dict[str, str] = {}
+        offset = 0
+        while True:
+            resp = self._request("GET", f"{self.base_url}/studies/{study_instance_uid}/instances", params={
+                "includefield": _SERIES_UID, "limit": self.page_size, "offset": offset},
+                headers={"Accept": "application/dicom+json"})
+            if resp.status_code in (204, 404):
+                break
+            if resp.status_code != 200:
+                raise Fatal(f"HTTP {resp.status_code} on QIDO-RS for study {study_instance_uid}")
+            page = resp.json() if resp.content else []
+            if not page:
+                break
+            before = len(found)
+            for row in page:
+                sop, series = _first(row.get(_SOP_UID)), _first(row.get(_SERIES_UID))
+                if sop:
+                    found[str(sop)] = str(series or "")
+            if len(found) == before:
+                # The server ignores offset (same page again): we have all it will give.
+                break
+            offset += len(page)
+        return found
+
+    # --- WADO-RS ---------------------------------------------------------------------------
+    def _get(self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> bytes:
+        url = (f"{self.base_url}/studies/{study_instance_uid}/series/{series_instance_uid}"
+               f"/instances/{sop_instance_uid}")
+        resp = self._request("GET", url, headers={"Accept": _ACCEPT_DICOM})
+        if resp.status_code == 404:
+            raise KeyError(sop_instance_uid)
+        if resp.status_code != 200:
+            raise Fatal(f"HTTP {resp.status_code} on WADO-RS for {sop_instance_uid}")
+        content_type = resp.headers.get("Content-Type", "")
+        if content_type.lower().startswith("application/dicom"):
+            return resp.content
+        parts = parse_multipart(content_type, resp.content)
+        if len(parts) != 1:
+            raise Fatal(f"WADO-RS answered {len(parts)} parts for one instance {sop_instance_uid}")
+        return parts[0]

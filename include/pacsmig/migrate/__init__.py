@@ -1,0 +1,1 @@
+"""Phase 3: the per-study migration pipeline (extract, transform, load)."""
