@@ -22,13 +22,13 @@ import psycopg2
 from pacsmig.adt.messages import (
     AckCode,
     AdtError,
+    AdtEvent,
     ErrorCode,
     ack_for_error,
     build_ack,
     parse_adt,
-    parse_header,
 )
-from pacsmig.adt.store import store_event
+from pacsmig.adt.store import StoredEvent, store_event
 from pacsmig.ledger import Ledger
 
 logger = logging.getLogger(__name__)
@@ -129,10 +129,7 @@ class AdtListener:
                     "already stored" if stored.duplicate else "stored", stored.id)
         return build_ack(event.header, AckCode.ACCEPT)
 
-    def _store(self, event: object) -> object:
-        from pacsmig.adt.messages import AdtEvent
-
-        assert isinstance(event, AdtEvent)
+    def _store(self, event: AdtEvent) -> StoredEvent:
         try:
             return store_event(self._ledger(), event)
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
@@ -284,9 +281,14 @@ def check_schema(dsn: str) -> bool | None:
 async def _serve(listener: AdtListener) -> None:
     await listener.start()
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        logger.info("%s: stopping after the messages in flight", sig.name)
+        stopping.append(loop.create_task(listener.stop()))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: (logger.info("signal %s: stopping", signal.Signals(s).name),
-                                                    loop.create_task(listener.stop())))
+        loop.add_signal_handler(sig, on_signal, sig)
     await listener.wait_stopped()
 
 
@@ -316,4 +318,3 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["AdtListener", "running_listener", "main", "parse_header", "DEFAULT_PORT"]

@@ -37,8 +37,8 @@ class FindResult:
 
     @property
     def complete(self) -> bool:
-        """True only when the peer said it sent every match."""
-        return self.status == SUCCESS
+        """True only when the peer said it sent every match (success or warning)."""
+        return self.status is not None and code_to_category(self.status) in ("Success", "Warning")
 
     @property
     def timed_out(self) -> bool:
