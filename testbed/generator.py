@@ -1,30 +1,4 @@
-"""A seeded synthetic hospital imaging archive (DICOM Part-10 files) with the ground truth to check a migration against.
-
-The archive imitates a hospital's 15-year PACS: eight modalities with realistic series/instance
-mixes, mixed transfer syntaxes, multi-frame objects (breast tomosynthesis, ultrasound cine, XA runs,
-NM), vendor private blocks in varying slots, an acquired clinic with its own Patient ID format and
-issuer, and deliberate dirty data (a Patient ID shared by two people, one person under two IDs,
-missing accession numbers, one study without a StudyDate, non-ASCII names, patients missing from
-the MPI crosswalk). A handful of real sample files from pydicom and pydicom-data are mixed in.
-
-Everything is deterministic for a seed: dates are spread back from a fixed anchor date (never
-today), UIDs are hashes of the seed and the object's position, and each study draws from its own
-random stream, so ``workers`` does not change the output.
-
-Identity disambiguation
------------------------
-The Patient ID shared by two different people comes from two issuers: the hospital (``HOSP_A``)
-and the acquired clinic (``CLINIC_B``, whose registration desk keyed a hospital-format MRN as the
-clinic's own ID for one patient). The crosswalk is keyed by ``(issuer_of_patient_id, patient_id)``,
-so it maps the two people to different MPI ids; a matcher that ignores the issuer cannot.
-
-Example
--------
->>> from pathlib import Path
->>> gt = generate(Path("/tmp/archive"), studies=40, seed=11)  # doctest: +SKIP
->>> gt.n_studies
-40
-"""
+"""A seeded synthetic hospital archive (DICOM Part-10 files) plus the ground truth to check a migration by."""
 
 from __future__ import annotations
 
@@ -33,6 +7,7 @@ import csv
 import hashlib
 import json
 import shutil
+import uuid
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -50,7 +25,6 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
-    generate_uid,
 )
 
 from testbed import privates as pv
@@ -78,6 +52,8 @@ US_IMAGE = UID("1.2.840.10008.5.1.4.1.1.6.1")
 US_MULTIFRAME = UID("1.2.840.10008.5.1.4.1.1.3.1")
 XA_IMAGE = UID("1.2.840.10008.5.1.4.1.1.12.1")
 NM_IMAGE = UID("1.2.840.10008.5.1.4.1.1.20")
+
+_UID_NAMESPACE = uuid.UUID("5b2c6a8e-3f1d-5e7a-9c40-7d1e2f3a4b5c")
 
 MODALITIES = ("CT", "MR", "CR", "DX", "MG", "US", "XA", "NM")
 #: Study mix of a general hospital (plain film dominates, then CT, US, MR).
@@ -113,6 +89,8 @@ class StudyTruth:
     #: ``"synthetic"`` or the real sample file's name.
     source: str = "synthetic"
     transfer_syntaxes: list[str] = field(default_factory=list)
+    #: Bytes per series, in the order of ``series``.
+    series_bytes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -160,11 +138,11 @@ class GroundTruth:
         and bytes under the modality of each series."""
         out: dict[str, dict[str, int]] = {}
         for s in self.studies:
-            sizes = _series_bytes(self.root, s)
+            sizes = s.series_bytes or _series_bytes(self.root, s)
             for mod in s.modalities:
                 row = out.setdefault(mod, {"studies": 0, "instances": 0, "series": 0, "bytes": 0})
                 row["studies"] += 1
-            for (uid, mod, n), size in zip(s.series, sizes, strict=True):
+            for (_, mod, n), size in zip(s.series, sizes, strict=True):
                 row = out.setdefault(mod, {"studies": 0, "instances": 0, "series": 0, "bytes": 0})
                 row["series"] += 1
                 row["instances"] += n
@@ -283,8 +261,10 @@ DEVICES: dict[str, tuple[Device, ...]] = {
                   _GRAY_TS)),
     "CR": (Device("CR", "GE MEDICAL SYSTEMS", "Definium AMX 700", "CRGE01", "dm_Platform_release_AMX",
                   "AMX4410", pv.GE_DX, _GRAY_TS),
-           Device("CR", "FUJIFILM Corporation", "FCR PROFECT CS", "CRFUJI02", "A08", "FCR5521", (), _GRAY_TS)),
-    "DX": (Device("DX", "GE Healthcare", "Discovery XR656", "DXGE01", "DXR_5.2", "XR6561", pv.GE_DX, _GRAY_TS),
+           Device("CR", "FUJIFILM Corporation", "FCR PROFECT CS", "CRFUJI02", "A08", "FCR5521", (),
+                  _GRAY_TS)),
+    "DX": (Device("DX", "GE Healthcare", "Discovery XR656", "DXGE01", "DXR_5.2", "XR6561", pv.GE_DX,
+                  _GRAY_TS),
            Device("DX", "Philips Medical Systems", "DigitalDiagnost", "DXPHI02", "4.3.5", "DD9982", (),
                   _GRAY_TS)),
     "MG": (Device("MG", "HOLOGIC, Inc.", "Selenia Dimensions", "MGHOL01", "1.8.4", "SD0411", pv.HOLOGIC_MG,
@@ -324,7 +304,8 @@ _GIVEN = {"M": ("James", "John", "Robert", "Michael", "William", "David", "Richa
                 "Joshua", "Kevin", "Brian", "George", "Edward", "Ronald", "Timothy", "Jason", "Samuel"),
           "F": ("Mary", "Patricia", "Jennifer", "Linda", "Elizabeth", "Barbara", "Susan", "Jessica", "Sarah",
                 "Karen", "Nancy", "Lisa", "Betty", "Margaret", "Sandra", "Ashley", "Emily", "Donna",
-                "Michelle", "Carol", "Amanda", "Melissa", "Deborah", "Stephanie", "Rebecca", "Laura", "Helen")}
+                "Michelle", "Carol", "Amanda", "Melissa", "Deborah", "Stephanie", "Rebecca", "Laura",
+                "Helen")}
 #: Names that need a character set: (family^given, sex, SpecificCharacterSet).
 _NON_ASCII = (("Müller^Jürgen", "M", "ISO_IR 100"), ("Lefèvre^Hélène", "F", "ISO_IR 100"),
               ("Dvořák^Zdeněk", "M", "ISO_IR 192"), ("Peña^José", "M", "ISO_IR 100"),
@@ -368,8 +349,11 @@ class _StudyPlan:
 
 
 def _uid(seed: int, *parts: object) -> str:
-    """A UID deterministic in the seed and the object's position (2.25 form, unique across runs)."""
-    return generate_uid(prefix=None, entropy_srcs=["pacsmig-testbed", str(seed), *map(str, parts)])
+    """A UID deterministic in the seed and the object's position: ``2.25.`` + a name-based UUID.
+
+    (``generate_uid(prefix=None, ...)`` ignores its entropy sources and returns a random UUID.)
+    """
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, '/'.join(map(str, (seed, *parts)))).int}"
 
 
 def _pick(rng: np.random.Generator, weighted: tuple[tuple[str, float], ...] | dict[str, float]) -> str:
@@ -383,24 +367,30 @@ class _Registry:
 
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
-        self.names: set[str] = set()
+        self.people: set[tuple[str, date, str]] = set()
         self.ids: set[tuple[str, str]] = set()
         self.mpis: set[str] = set()
 
     def person(self, name: str | None = None, sex: str | None = None, charset: str | None = None) -> _Person:
         rng = self.rng
         sex = sex or str(rng.choice(["M", "F"]))
-        while name is None or name in self.names:
-            name = f"{rng.choice(_FAMILY)}^{rng.choice(_GIVEN[sex])}"
-            if rng.random() < 0.3:  # middle initial, as registration desks often record one
-                name += f"^{chr(65 + int(rng.integers(0, 26)))}"
-        self.names.add(name)
-        birth = date(1930, 1, 1) + timedelta(days=int(rng.integers(0, 365 * 88)))
+        fixed = name
+        while True:
+            # Common names repeat across people (as in any hospital); name + birth date + sex never does.
+            if fixed is None:
+                name = f"{rng.choice(_FAMILY)}^{rng.choice(_GIVEN[sex])}"
+                if rng.random() < 0.3:  # middle initial, as registration desks often record one
+                    name += f"^{chr(65 + int(rng.integers(0, 26)))}"
+            birth = date(1930, 1, 1) + timedelta(days=int(rng.integers(0, 365 * 88)))
+            key = (str(name), birth, sex)
+            if key not in self.people:
+                break
+        self.people.add(key)
         mpi = ""
         while not mpi or mpi in self.mpis:
             mpi = f"MPI{int(rng.integers(0, 10**7)):07d}"
         self.mpis.add(mpi)
-        return _Person(name, birth.strftime("%Y%m%d"), sex, charset, mpi)
+        return _Person(str(name), birth.strftime("%Y%m%d"), sex, charset, mpi)
 
     def identity(self, person: _Person, issuer: str, patient_id: str | None = None) -> _Identity:
         while patient_id is None or (issuer, patient_id) in self.ids:
@@ -446,14 +436,19 @@ def _plan(n: int, seed: int) -> tuple[list[_StudyPlan], list[_Identity]]:
         add(reg.identity(reg.person(), issuer), k)
     slots = slots[:n]
 
-    modalities = list(MODALITIES[:n]) + [_pick(rng, MODALITY_WEIGHTS) for _ in range(max(0, n - len(MODALITIES)))]
+    # Each modality once, then the hospital's mix.
+    modalities = list(MODALITIES[:n]) + [_pick(rng, MODALITY_WEIGHTS)
+                                         for _ in range(max(0, n - len(MODALITIES)))]
     modalities = [modalities[i] for i in rng.permutation(n)]
     forced: set[str] = set()  # the first MG/US/CT get the complex shapes the tests rely on
-    no_accession = set(rng.choice(n, size=min(n, max(3, n // 12)), replace=False).tolist()) if n >= 6 else set()
+    no_accession = (set(rng.choice(n, size=min(n, max(3, n // 12)), replace=False).tolist())
+                    if n >= 6 else set())
     no_date = int(rng.integers(0, n)) if n >= 3 else -1
 
     plans = []
     span = ARCHIVE_YEARS * 365
+    per_modality: dict[str, int] = defaultdict(int)
+    missing_so_far = 0
     for i, (ident, mod) in enumerate(zip(slots, modalities, strict=True)):
         srng = np.random.default_rng([seed, 1, i])
         clinic = ident.issuer == CLINIC_ISSUER
@@ -472,9 +467,15 @@ def _plan(n: int, seed: int) -> tuple[list[_StudyPlan], list[_Identity]]:
             kind = "large_series"
         forced.add(mod)
         devices = DEVICES[mod]
-        device = devices[int(srng.integers(0, len(devices)))]
+        # Every device of a modality shows up once before chance takes over, so each vendor's
+        # private blocks are in even a small archive.
+        seen = per_modality[mod]
+        per_modality[mod] += 1
+        device = devices[seen] if seen < len(devices) else devices[int(srng.integers(0, len(devices)))]
         if i in no_accession:
-            accession = None if len(no_accession & set(range(i))) % 2 == 0 else ""
+            # Alternate between absent and present-but-empty: both occur in real archives.
+            accession = None if missing_so_far % 2 == 0 else ""
+            missing_so_far += 1
         else:
             accession = (f"CB{int(srng.integers(0, 10**6)):06d}" if clinic
                          else f"A{int(srng.integers(0, 10**8)):08d}")
@@ -530,7 +531,8 @@ def _plan_series(p: _StudyPlan, rng: np.random.Generator, images_scale: float,
         out.append(_SeriesPlan("MG", "Screening 2D", 4, 1, MG_IMAGE, "image"))
         if p.complex_kind == "tomosynthesis":
             for side in ("R", "L")[: int(rng.integers(1, 3))]:
-                out.append(_SeriesPlan("MG", f"Tomo {side}", 1, int(rng.integers(10, 31)), BREAST_TOMO, "tomo"))
+                out.append(_SeriesPlan("MG", f"Tomo {side}", 1, int(rng.integers(10, 31)), BREAST_TOMO,
+                                       "tomo"))
     elif mod == "US":
         out.append(_SeriesPlan("US", "Images", _count(rng, 3, 10, images_scale), 1, US_IMAGE, "image"))
         if p.complex_kind == "cine":
@@ -584,7 +586,14 @@ def _base(p: _StudyPlan, s: _SeriesPlan, series_no: int, series_uid: str) -> Dat
     ds = Dataset()
     if person.charset:
         ds.SpecificCharacterSet = person.charset
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if s.modality == "CT" else ""]
+    if s.description == "Topogram":
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    elif "MPR" in s.description:
+        ds.ImageType = ["DERIVED", "SECONDARY", "REFORMATTED"]
+    elif s.modality == "CT":
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    else:
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.SOPClassUID = s.sop_class
     ds.StudyDate = p.study_date or ""
     ds.SeriesDate = p.study_date or ""
@@ -720,6 +729,7 @@ def _write_study(p: _StudyPlan, out_dir: Path, images_scale: float, matrix: int 
     study_dir.mkdir(parents=True, exist_ok=True)
     written: set[tuple[str, int, int]] = set()
     series_truth, instances, files, sizes, syntaxes = [], [], [], 0, set()
+    series_sizes: list[int] = []
     for sno, s in enumerate(series_plans, start=1):
         series_uid = _uid(p.seed, "series", p.index, sno)
         rows, cols = _matrix(s.modality, s.shape, matrix)
@@ -751,13 +761,14 @@ def _write_study(p: _StudyPlan, out_dir: Path, images_scale: float, matrix: int 
             else:
                 ds.file_meta.TransferSyntaxUID = ts
             path = study_dir / f"{sno:02d}_{inst:04d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
+            pydicom.dcmwrite(path, ds, enforce_file_format=True)
             size = path.stat().st_size
             sizes += size
             instances.append(sop_uid)
             files.append(str(path.relative_to(out_dir)))
             syntaxes.add(str(ts))
         series_truth.append((series_uid, s.modality, s.n_instances))
+        series_sizes.append(sizes - sum(series_sizes))
     ident = p.identity
     truth = StudyTruth(
         study_instance_uid=p.uid, patient_id=ident.patient_id, issuer_of_patient_id=ident.issuer,
@@ -767,6 +778,7 @@ def _write_study(p: _StudyPlan, out_dir: Path, images_scale: float, matrix: int 
         n_instances=len(instances), bytes=sizes, manufacturer=p.device.manufacturer, model=p.device.model,
         complex_kind=p.complex_kind, mpi_patient_id=ident.person.mpi if ident.in_crosswalk else None,
         series=series_truth, instances=instances, files=files, transfer_syntaxes=sorted(syntaxes),
+        series_bytes=series_sizes,
     )
     return truth, written
 
@@ -795,7 +807,18 @@ def real_sample_paths() -> list[Path]:
     if spec and spec.submodule_search_locations:
         store = Path(next(iter(spec.submodule_search_locations))) / "data"
         out.extend(store / n for n in REAL_PYDICOM_DATA if (store / n).is_file())
-    return out
+    # Sample sets reuse SOP and study UIDs across transfer-syntax variants; each file here becomes
+    # its own study, so a later file repeating an earlier one's UIDs is left out.
+    seen: set[str] = set()
+    unique = []
+    for path in out:
+        ds = pydicom.dcmread(path, stop_before_pixels=True,
+                             specific_tags=["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
+        uids = {str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)}
+        if not uids & seen:
+            seen |= uids
+            unique.append(path)
+    return unique
 
 
 def _real_private_elements(ds: Dataset) -> set[tuple[str, int, int]]:
@@ -837,7 +860,7 @@ def _copy_real(src: Path, index: int, out_dir: Path, reg_mpis: set[str],
         model=text("ManufacturerModelName"), complex_kind=None, mpi_patient_id=mpi,
         series=[(str(ds.SeriesInstanceUID), modality, 1)], instances=[str(ds.SOPInstanceUID)],
         files=[str(dest.relative_to(out_dir))], source=src.name,
-        transfer_syntaxes=[str(ds.file_meta.TransferSyntaxUID)],
+        transfer_syntaxes=[str(ds.file_meta.TransferSyntaxUID)], series_bytes=[dest.stat().st_size],
     )
     return truth, _real_private_elements(ds)
 
@@ -873,6 +896,29 @@ def generate(out_dir: Path, studies: int = 300, seed: int = 7, *, images_scale: 
     -------
     GroundTruth
         Also saved as ``out_dir/ground_truth.json``.
+
+    Notes
+    -----
+    The archive imitates a hospital's 15-year PACS: eight modalities with clinical series
+    structure, mixed transfer syntaxes, multi-frame objects (breast tomosynthesis, US cine, XA
+    runs, NM), vendor private blocks in varying slots, an acquired clinic with its own Patient ID
+    format and issuer, and deliberate dirty data: a Patient ID shared by two people, one person
+    under two IDs, missing accession numbers (absent and empty), exactly one study without a
+    StudyDate, non-ASCII names (ISO_IR 100 and ISO_IR 192), patients missing from the crosswalk.
+
+    Determinism: dates count back from :data:`ANCHOR_DATE` (never today), UIDs are name-based
+    UUIDs of the seed and the object's position, and each study draws from its own random stream.
+
+    Identity disambiguation: the Patient ID shared by two people comes from two issuers, the
+    hospital (``HOSP_A``) and the acquired clinic (``CLINIC_B``, whose desk keyed a hospital-format
+    MRN as the clinic's own ID for one patient). The crosswalk is keyed by ``(issuer, patient_id)``,
+    so it maps them to two MPI ids; a matcher that ignores the issuer cannot tell them apart.
+
+    Examples
+    --------
+    >>> gt = generate(Path("/tmp/archive"), studies=40, seed=11)  # doctest: +SKIP
+    >>> gt.n_studies, gt.expected_id_issues["same_id_different_demographics"]  # doctest: +SKIP
+    (40, ['MRN69006458'])
     """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -33,16 +33,44 @@ class PrivateBlock:
         return private_dictionaries[self.creator][f"{self.group:04X}xx{offset:02X}"][0]
 
 
+@dataclass(frozen=True)
+class _Decimal:
+    lo: float
+    hi: float
+    digits: int = 2
+
+    def __call__(self, rng: np.random.Generator) -> str:
+        return f"{rng.uniform(self.lo, self.hi):.{self.digits}f}"
+
+
+@dataclass(frozen=True)
+class _Int:
+    lo: int
+    hi: int
+
+    def __call__(self, rng: np.random.Generator) -> int:
+        return int(rng.integers(self.lo, self.hi + 1))
+
+
+@dataclass(frozen=True)
+class _Choice:
+    values: tuple[object, ...]
+
+    def __call__(self, rng: np.random.Generator) -> object:
+        return self.values[int(rng.integers(0, len(self.values)))]
+
+
+# Value makers are small dataclasses rather than lambdas so devices pickle into worker processes.
 def _ds(lo: float, hi: float, digits: int = 2) -> ValueMaker:
-    return lambda rng: f"{rng.uniform(lo, hi):.{digits}f}"
+    return _Decimal(lo, hi, digits)
 
 
 def _int(lo: int, hi: int) -> ValueMaker:
-    return lambda rng: int(rng.integers(lo, hi + 1))
+    return _Int(lo, hi)
 
 
 def _const(value: object) -> ValueMaker:
-    return lambda rng: value
+    return _Choice((value,))
 
 
 def _default(vr: str, rng: np.random.Generator) -> object:
@@ -96,7 +124,7 @@ SIEMENS_NM = (
 )
 PHILIPS_MR = (
     PrivateBlock("Philips Imaging DD 001", 0x2001, (
-        (0x03, lambda rng: float(rng.choice([0.0, 500.0, 1000.0]))),  # Diffusion B-Factor
+        (0x03, _Choice((0.0, 500.0, 1000.0))),  # Diffusion B-Factor
         (0x0B, _const("TRANSVERSAL")),  # Slice Orientation
         (0x08, _int(1, 3)),             # Phase Number
     )),

@@ -18,9 +18,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
-
 from pacsmig.config import ConnectionSpec
 from pacsmig.load import (
     ALREADY_STORED_SAME,
@@ -33,9 +30,13 @@ from pacsmig.load import (
 )
 from pacsmig.load.dicomweb import DicomWebDestination
 from pacsmig.verify.hashing import hash_instance
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
 from testbed.orthanc import OrthancServer, free_port
 
-SAMPLES = ["CT_small.dcm", "MR_small_bigendian.dcm", "rtdose.dcm", "SC_rgb_rle.dcm", "emri_small_jpeg_2k_lossless.dcm"]
+SAMPLES = ["CT_small.dcm", "MR_small_bigendian.dcm", "rtdose.dcm", "SC_rgb_rle.dcm",
+           "emri_small_jpeg_2k_lossless.dcm"]
 
 
 def sample(name: str) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import signal
@@ -40,6 +41,8 @@ DEFAULT_PORT = 2575
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: Versions of the ledger schema the listener writes to (004 adds prior_patient_id, details).
 REQUIRED_SCHEMA_VERSION = 4
+#: What a block without <VT> reads as (answered AE: the bytes are not a valid MLLP frame).
+UNFRAMED = b"\x00unframed"
 
 
 def decode(block: bytes) -> str:
@@ -90,6 +93,9 @@ class AdtListener:
         self._connections: dict[asyncio.Task[None], bool] = {}  # task -> busy with a message
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Set as soon as a stop begins (for callers on other threads).
+        self.stop_requested = threading.Event()
 
     # --- per-message work (worker thread) -----------------------------------------------------
     def _ledger(self, fresh: bool = False) -> Ledger:
@@ -117,13 +123,14 @@ class AdtListener:
         try:
             stored = self._store(event)
         except AdtError as exc:
-            logger.warning("ADT control %s (%s) rejected: %s", event.control_id, event.event_type, exc.code.name)
+            logger.warning("ADT control %s (%s) rejected: %s", event.control_id, event.event_type,
+                           exc.code.name)
             return ack_for_error(exc)
         except psycopg2.Error as exc:
             # No AA without a commit: the sender keeps the message and resends it later.
-            logger.error("ADT control %s (%s) NOT stored, ledger unavailable: %s", event.control_id,
+            logger.error("ADT control %s (%s) NOT stored, ledger error: %s", event.control_id,
                          event.event_type, type(exc).__name__)
-            return build_ack(event.header, AckCode.ERROR, text="ledger unavailable, message not stored; "
+            return build_ack(event.header, AckCode.ERROR, text="ledger error, message not stored; "
                              "resend later", error=ErrorCode.APPLICATION_INTERNAL_ERROR)
         logger.info("ADT control %s (%s) %s as event %d", event.control_id, event.event_type,
                     "already stored" if stored.duplicate else "stored", stored.id)
@@ -143,19 +150,21 @@ class AdtListener:
         self._server = await asyncio.start_server(self._client, self.host, self.port,
                                                   limit=MAX_MESSAGE_BYTES, reuse_address=True)
         self.port = int(self._server.sockets[0].getsockname()[1])
+        self._loop = asyncio.get_running_loop()
         logger.info("ADT listener on %s:%d", self.host, self.port)
 
     async def _read_block(self, reader: asyncio.StreamReader) -> bytes | None:
-        """The next MLLP block's payload; None at a clean end of stream."""
+        """The next MLLP block's payload; None at end of stream, :data:`UNFRAMED` without <VT>."""
         try:
             data = await reader.readuntil(END_BLOCK)
         except asyncio.IncompleteReadError as exc:
             if exc.partial.strip():
-                logger.warning("connection closed inside a message (%d bytes, no end block)", len(exc.partial))
+                logger.warning("connection closed inside a message (%d bytes, no end block)",
+                               len(exc.partial))
             return None
         start = data.find(START_BLOCK)
         # Bytes before <VT> are line noise between blocks; without <VT> there is no valid frame.
-        return data[start + 1:-2] if start >= 0 else b""
+        return data[start + 1:-2] if start >= 0 else UNFRAMED
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -167,7 +176,8 @@ class AdtListener:
                 try:
                     block = await self._read_block(reader)
                 except asyncio.LimitOverrunError:
-                    logger.warning("message larger than %d bytes refused; closing connection", MAX_MESSAGE_BYTES)
+                    logger.warning("message larger than %d bytes refused; closing connection",
+                                   MAX_MESSAGE_BYTES)
                     writer.write(START_BLOCK + build_ack(None, AckCode.ERROR, text="message too large",
                                                          error=ErrorCode.APPLICATION_INTERNAL_ERROR).encode()
                                  + END_BLOCK)
@@ -176,10 +186,10 @@ class AdtListener:
                 if block is None:
                     break
                 self._connections[task] = True
-                if block:
-                    ack = await asyncio.shield(loop.run_in_executor(self._executor, self.handle, block))
-                else:
+                if block is UNFRAMED:
                     ack = _frame_error_ack()
+                else:
+                    ack = await asyncio.shield(loop.run_in_executor(self._executor, self.handle, block))
                 writer.write(START_BLOCK + ack.encode("utf-8") + END_BLOCK)
                 await writer.drain()
                 self._connections[task] = False
@@ -197,6 +207,7 @@ class AdtListener:
             await self._stopped.wait()
             return
         self._stopping = True
+        self.stop_requested.set()
         if self._server is not None:
             self._server.close()
         for task, busy in list(self._connections.items()):
@@ -224,6 +235,12 @@ class AdtListener:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
+    def stop_threadsafe(self, grace: float = 30.0) -> concurrent.futures.Future[None]:
+        """Ask the listener's loop to :meth:`stop` from another thread; the future completes after."""
+        if self._loop is None:
+            raise RuntimeError("listener not started")
+        return asyncio.run_coroutine_threadsafe(self.stop(grace), self._loop)
+
 
 def _frame_error_ack() -> str:
     return build_ack(None, AckCode.ERROR, text="block does not begin with <VT> (MLLP framing)",
@@ -231,14 +248,14 @@ def _frame_error_ack() -> str:
 
 
 @contextlib.contextmanager
-def running_listener(dsn: str, host: str = "127.0.0.1", port: int = 0, **kwargs: int) -> Iterator[AdtListener]:
+def running_listener(dsn: str, host: str = "127.0.0.1", port: int = 0,
+                     **kwargs: int) -> Iterator[AdtListener]:
     """Run an :class:`AdtListener` on a background thread (tests, ``make demo``); stop it on exit."""
     ready = threading.Event()
     holder: dict[str, object] = {}
 
     def run() -> None:
         loop = asyncio.new_event_loop()
-        holder["loop"] = loop
         try:
             listener = AdtListener(dsn, host, port, **kwargs)
             holder["listener"] = listener
@@ -259,13 +276,12 @@ def running_listener(dsn: str, host: str = "127.0.0.1", port: int = 0, **kwargs:
         raise holder["error"]  # type: ignore[misc]
     listener = holder["listener"]
     assert isinstance(listener, AdtListener)
-    loop = holder["loop"]
-    assert isinstance(loop, asyncio.AbstractEventLoop)
     try:
         yield listener
     finally:
-        asyncio.run_coroutine_threadsafe(listener.stop(), loop).result()
-        thread.join()
+        if not listener.stop_requested.is_set():
+            listener.stop_threadsafe().result()
+        thread.join()  # ends when the stop (ours or the caller's) has finished
 
 
 def check_schema(dsn: str) -> bool | None:

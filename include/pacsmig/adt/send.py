@@ -84,26 +84,8 @@ def send_adt(host: str, port: int, message: str, *, timeout: float = 30.0) -> st
     AdtError
         If the connection closes or times out before a complete ACK arrives.
     """
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(frame(message))
-        return _read_ack(sock)
-
-
-def _read_ack(sock: socket.socket) -> str:
-    data = b""
-    try:
-        while END_BLOCK not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise AdtError("connection closed before the ACK was complete",
-                               code=ErrorCode.APPLICATION_INTERNAL_ERROR)
-            data += chunk
-    except TimeoutError as exc:
-        raise AdtError("no ACK within the timeout", code=ErrorCode.APPLICATION_INTERNAL_ERROR) from exc
-    block = data[: data.index(END_BLOCK)]
-    start = block.find(START_BLOCK)
-    return block[start + 1:].decode("utf-8", errors="replace")
+    with MllpConnection(host, port, timeout=timeout) as conn:
+        return conn.send(message)
 
 
 class MllpConnection:
@@ -118,10 +100,28 @@ class MllpConnection:
     def __init__(self, host: str, port: int, *, timeout: float = 30.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Bytes after the end of one ACK belong to the next (a pipelining sender reads several).
+        self._buffer = b""
 
     def send(self, message: str) -> str:
+        """Send one message and wait for its ACK."""
         self.sock.sendall(frame(message))
-        return _read_ack(self.sock)
+        return self.read_ack()
+
+    def read_ack(self) -> str:
+        """The next ACK on this connection (framing removed)."""
+        try:
+            while END_BLOCK not in self._buffer:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise AdtError("connection closed before the ACK was complete",
+                                   code=ErrorCode.APPLICATION_INTERNAL_ERROR)
+                self._buffer += chunk
+        except TimeoutError as exc:
+            raise AdtError("no ACK within the timeout", code=ErrorCode.APPLICATION_INTERNAL_ERROR) from exc
+        block, self._buffer = self._buffer.split(END_BLOCK, 1)
+        start = block.find(START_BLOCK)
+        return block[start + 1:].decode("utf-8", errors="replace")
 
     def close(self) -> None:
         self.sock.close()

@@ -1,4 +1,4 @@
-"""Extract: pull a study from the source by C-MOVE (or C-GET) into staging, count what arrived, re-pull the rest.
+"""Extract: pull a study from the source by C-MOVE or C-GET into staging, count it, re-pull what is missing.
 
 A final C-MOVE status is never trusted on its own: after every request we count what is in
 ``staging_root/<study_uid>/`` and compare it with what the source says it holds (C-FIND at SERIES
@@ -20,15 +20,15 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLosslessP14,
+    JPEGLossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
@@ -61,7 +61,7 @@ IMAGE_BATCH = 200
 #: Syntaxes proposed, one presentation context each, per SOP class on a C-GET association, so the
 #: source can send every object in the syntax it is stored in (no transcoding, no decompression).
 GET_TRANSFER_SYNTAXES = (
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1, JPEGLosslessP14, JPEGBaseline8Bit,
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1, JPEGLossless, JPEGBaseline8Bit,
     JPEGExtended12Bit, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
     DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
 )
@@ -111,7 +111,12 @@ class RetrieveResult:
     @property
     def complete(self) -> bool:
         """Everything expected is accounted for (staged, or quarantined as malformed)."""
-        return self.expected_known and not self.missing and not (self.failed_sop_uids and not self.expected)
+        if self.missing:
+            return False
+        if self.expected_known:
+            return True
+        accounted = set(self.received) | {m.sop_instance_uid for m in self.malformed}
+        return self.status == 0 and not (set(self.failed_sop_uids) - accounted)
 
     def summary(self) -> dict[str, Any]:
         """Counts only (no patient data): for logs, XCom and custody details."""
@@ -294,6 +299,9 @@ def _request(node: DicomNode, store: StagingStore, mode: str, identifier: Datase
             if category == _PENDING:
                 continue
             attempt["status"], attempt["category"] = code, category
+            if category == _SUCCESS:
+                # Some sources (Orthanc) echo a stale Remaining count in the final success response.
+                attempt["remaining"] = 0
             if ident is not None and "FailedSOPInstanceUIDList" in ident:
                 attempt["failed_sop_uids"] = _uid_list(ident.FailedSOPInstanceUIDList)
             if category in (_FAILURE, _CANCEL):

@@ -20,7 +20,9 @@ import json
 import logging
 import os
 import re
+import struct
 import uuid
+import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -29,6 +31,8 @@ from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import data_element_generator
+from pydicom.uid import UID
 
 from pacsmig.ledger import Reason
 
@@ -86,6 +90,21 @@ class Conflict:
     #: Every version (the staged one included) as kept in quarantine: file hash -> path.
     versions: dict[str, Path] = field(default_factory=dict)
     reason: Reason = Reason.UID_CONFLICT
+
+    @property
+    def paths(self) -> list[Path]:
+        """Quarantined copies, the staged version first."""
+        return sorted(self.versions.values(), key=lambda p: (self.staged_hash not in p.name, p.name))
+
+    @property
+    def file_hashes(self) -> list[str]:
+        """sha256 of every version, the staged one first."""
+        return sorted(self.versions, key=lambda h: (h != self.staged_hash, h))
+
+    @property
+    def detail(self) -> str:
+        """A one-line description for the quarantine record (UIDs and counts only)."""
+        return f"{len(self.versions)} different objects share this SOP Instance UID; all kept"
 
 
 @dataclass
@@ -178,6 +197,87 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _meta_end(encoded: bytes) -> int:
+    """Offset of the dataset after preamble, prefix and File Meta (explicit VR little endian)."""
+    if encoded[128:132] != b"DICM":
+        raise InvalidDicomError("no DICM prefix")
+    pos = 132
+    while pos + 8 <= len(encoded):
+        group, _elem = struct.unpack_from("<HH", encoded, pos)
+        if group != 0x0002:
+            return pos
+        vr = encoded[pos + 4:pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            length = struct.unpack_from("<I", encoded, pos + 8)[0]
+            pos += 12 + length
+        else:
+            pos += 8 + struct.unpack_from("<H", encoded, pos + 6)[0]
+    return pos
+
+
+_SEQ_DELIM_LE = b"\xfe\xff\xdd\xe0"
+_SEQ_DELIM_BE = b"\xff\xfe\xe0\xdd"
+
+
+def _check_fragments(value: bytes, little_endian: bool) -> str | None:
+    fmt = "<HHI" if little_endian else ">HHI"
+    pos = 0
+    while pos < len(value):
+        if pos + 8 > len(value):
+            return "fragment header truncated"
+        group, elem, length = struct.unpack_from(fmt, value, pos)
+        if (group, elem) != (0xFFFE, 0xE000):
+            return f"unexpected tag ({group:04X},{elem:04X}) among fragments"
+        pos += 8 + length
+        if pos > len(value):
+            return "fragment truncated"
+    return None
+
+
+def check_structure(encoded: bytes, transfer_syntax_uid: str) -> str | None:
+    """Why the dataset bytes are structurally broken (truncated, trailing garbage), or None.
+
+    pydicom silently stops at a truncated element, so a cut-off transfer would otherwise parse
+    "fine" with elements missing: walk the top-level elements and require that every declared
+    length is present and the walk ends exactly at the end of the bytes.
+    """
+    try:
+        stream = encoded[_meta_end(encoded):]
+    except (InvalidDicomError, struct.error) as exc:
+        return f"file meta unreadable: {exc}"
+    ts = UID(transfer_syntax_uid)
+    if ts.is_deflated:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            stream = inflater.decompress(stream) + inflater.flush()
+        except zlib.error as exc:
+            return f"deflate stream corrupt: {exc}"
+        if not inflater.eof:
+            return "deflate stream truncated"
+    fp = BytesIO(stream)
+    try:
+        for elem in data_element_generator(fp, ts.is_implicit_VR, ts.is_little_endian):
+            length = getattr(elem, "length", None)
+            value = getattr(elem, "value", None)
+            if length not in (None, 0xFFFFFFFF) and isinstance(value, bytes) and len(value) != length:
+                return f"element {elem.tag} truncated ({len(value)} of {length} bytes)"
+            if length == 0xFFFFFFFF and isinstance(value, bytes):
+                # Encapsulated pixel data: pydicom returns the rest of the file when the sequence
+                # delimiter is missing, so require it and a clean run of fragment items.
+                end = fp.tell()
+                delim = stream[end - 8:end]
+                if delim[:4] != (_SEQ_DELIM_LE if ts.is_little_endian else _SEQ_DELIM_BE):
+                    return f"element {elem.tag}: no sequence delimiter (truncated)"
+                problem = _check_fragments(value, ts.is_little_endian)
+                if problem:
+                    return f"element {elem.tag}: {problem}"
+    except Exception as exc:  # noqa: BLE001 - any parser failure means the same: cannot understand
+        return f"unreadable element: {type(exc).__name__}: {exc}"[:300]
+    if fp.tell() != len(stream):
+        return f"dataset ends at byte {fp.tell()} of {len(stream)} (truncated or trailing bytes)"
+    return None
+
+
 @dataclass
 class _Parsed:
     sop_instance_uid: str
@@ -224,7 +324,8 @@ class StagingStore:
                 "move_originator_ae": move_originator_ae, "transfer_syntax_uid": transfer_syntax_uid}
         file_hash = hashlib.sha256(encoded).hexdigest()
         try:
-            parsed, problem, status = self._parse(encoded, affected_sop_instance_uid, affected_sop_class_uid)
+            parsed, problem, status = self._parse(encoded, affected_sop_instance_uid, affected_sop_class_uid,
+                                                  transfer_syntax_uid)
             if parsed is None:
                 return self._quarantine_malformed(encoded, file_hash, sop_uid, study_hint, status,
                                                   problem, meta)
@@ -237,8 +338,12 @@ class StagingStore:
             return StoreOutcome(STATUS_PROCESSING_FAILURE, "error", sop_uid, study_hint)
 
     @staticmethod
-    def _parse(encoded: bytes, sop_uid: str, sop_class: str) -> tuple[_Parsed | None, str, int]:
+    def _parse(encoded: bytes, sop_uid: str, sop_class: str,
+               transfer_syntax_uid: str) -> tuple[_Parsed | None, str, int]:
         try:
+            problem = check_structure(encoded, transfer_syntax_uid)
+            if problem:
+                return None, problem, STATUS_CANNOT_UNDERSTAND
             ds = pydicom.dcmread(BytesIO(encoded))
             # pydicom defers value conversion; touch every top-level element so a corrupt one
             # shows up here rather than in a later phase.
@@ -249,6 +354,10 @@ class StagingStore:
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError,
                 NotImplementedError, OSError) as exc:
             return None, f"unparseable: {type(exc).__name__}: {exc}"[:500], STATUS_CANNOT_UNDERSTAND
+        if "Rows" in ds and "Columns" in ds and not any(
+                k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            # An image whose pixels are missing: a transfer cut at an element boundary.
+            return None, "image attributes present but no pixel data (truncated)", STATUS_CANNOT_UNDERSTAND
         missing = [k for k, v in values.items() if not is_valid_uid(str(v) if v is not None else None)]
         if missing:
             return None, f"missing or invalid {', '.join(missing)}", STATUS_CANNOT_UNDERSTAND

@@ -96,11 +96,18 @@ class DestinationUnavailable(LoadError):
 
 
 class Transient(Exception):
-    """A failure worth retrying (connection refused, timeout, 5xx, 429); raised by protocol code."""
+    """A failure worth retrying (connection refused, timeout, 5xx, 429); raised by protocol code.
+
+    ``done`` holds the results of the batch's first items when a per-item protocol failed midway.
+    """
+
+    done: list[PutResult]
 
 
 class Fatal(Exception):
     """A whole-request failure that a retry cannot fix (401, 404, rejected association)."""
+
+    done: list[PutResult]
 
 
 @dataclass
@@ -184,7 +191,23 @@ class BaseDestination(Destination):
     # --- to implement ----------------------------------------------------------------------
     def _put(self, items: Sequence[Item]) -> list[PutResult]:
         """Send one batch; one result per item. Raise :class:`Transient` / :class:`Fatal`."""
+        return self._put_each(items, self._put_one)
+
+    def _put_one(self, item: Item) -> PutResult:
+        """Store one item (protocols without batch requests implement this instead of ``_put``)."""
         raise NotImplementedError
+
+    @staticmethod
+    def _put_each(items: Sequence[Item], put: Callable[[Item], PutResult]) -> list[PutResult]:
+        """Store items one by one; on failure the results so far travel on the exception."""
+        results: list[PutResult] = []
+        for item in items:
+            try:
+                results.append(put(item))
+            except (Transient, Fatal) as exc:
+                exc.done = results
+                raise
+        return results
 
     def _list(self, study_instance_uid: str) -> dict[str, str]:
         """SOP UID -> series UID at the target. Raise :class:`Transient` / :class:`Fatal`."""
@@ -274,7 +297,15 @@ class BaseDestination(Destination):
         if new:
             for item in new:
                 item.load()
-            results = self._retry(f"storing {len(new)} instances", lambda: self._put(new))
+            try:
+                results = self._retry(f"storing {len(new)} instances", lambda: self._put(new))
+            except DestinationUnavailable as exc:
+                # Keep what the last attempt did store: an ack must not say failed for it.
+                done = getattr(exc.__cause__, "done", [])
+                for item, result in zip(new, done, strict=False):
+                    if result.status == STORED:
+                        acks[item.index] = self._ack(item, STORED, result.detail)
+                raise
             for item, result in zip(new, results, strict=True):
                 if result.status == STORED:
                     acks[item.index] = self._ack(item, STORED, result.detail)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydicom.charset import convert_encodings, encode_string
 from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -367,9 +368,14 @@ class Rule:
         on_error = spec.get("on_error", "fail")
         if on_error not in ("fail", "skip"):
             raise TransformError(f"rule {rule_id}: on_error must be 'fail' or 'skip', got {on_error!r}")
-        rule = cls(rule_id, op, reason, Condition.parse(spec.get("when"), rule_id),
-                   _parse_params(op, spec, rule_id), on_error, str(spec.get("description", "")))
-        return rule
+        try:
+            params = _parse_params(op, spec, rule_id)
+        except TransformError as exc:
+            if str(exc).startswith(f"rule {rule_id}:"):
+                raise
+            raise TransformError(f"rule {rule_id}: {exc}") from exc
+        return cls(rule_id, op, reason, Condition.parse(spec.get("when"), rule_id), params, on_error,
+                   str(spec.get("description", "")))
 
     def apply(self, ds: Dataset) -> list[Change]:
         """Apply to ``ds`` if the condition holds; raises :class:`TransformError` naming the rule."""
@@ -443,7 +449,8 @@ def _parse_params(op: str, spec: dict[str, Any], rule_id: str) -> dict[str, Any]
                 raise TransformError(f"rule {rule_id}: {op} applies to standard elements only "
                                      "(private values are kept as the vendor wrote them)")
             if ref.vr not in allowed:
-                raise TransformError(f"rule {rule_id}: {ref.keyword} has VR {ref.vr}; {op} handles {sorted(allowed)}")
+                raise TransformError(f"rule {rule_id}: {ref.keyword} has VR {ref.vr}; "
+                                     f"{op} handles {sorted(allowed)}")
             p["elements"] = (ref,)
             p["vrs"] = frozenset()
         else:
@@ -539,7 +546,7 @@ def _op_copy(rule: Rule, ds: Dataset) -> list[Change]:
     if rule.op == "move":
         before = _snapshot(ds, src_tag)
         del ds[src_tag]
-        changes.append(_change(rule, ds, src_tag, src, before, "move"))
+        changes.append(_change(rule, ds, src_tag, src, before, "move-from"))
     return changes
 
 
@@ -590,7 +597,8 @@ def _op_map(rule: Rule, ds: Dataset) -> list[Change]:
 
 def _op_regex(rule: Rule, ds: Dataset) -> list[Change]:
     pattern: re.Pattern[str] = rule.params["pattern"]
-    return _rewrite_text(rule, ds, lambda v: pattern.sub(rule.params["replace"], v, count=rule.params["count"]))
+    replace, count = rule.params["replace"], rule.params["count"]
+    return _rewrite_text(rule, ds, lambda v: pattern.sub(replace, v, count=count))
 
 
 def _candidates(rule: Rule, ds: Dataset) -> Iterable[tuple[int, ElementRef]]:
@@ -610,10 +618,8 @@ def _candidates(rule: Rule, ds: Dataset) -> Iterable[tuple[int, ElementRef]]:
 
 def _encoded(ds: Dataset, element: DataElement) -> bytes:
     """The value's bytes in the dataset's character set (what NonconformingDataElementValue keeps)."""
-    from pydicom.charset import encode_string
-
     vals = [str(v) for v in V.values_of(element.value)]
-    return encode_string("\\".join(vals), ds._character_set)
+    return encode_string("\\".join(vals), convert_encodings(ds.get("SpecificCharacterSet")))
 
 
 def _op_truncate(rule: Rule, ds: Dataset) -> list[Change]:
@@ -732,7 +738,7 @@ def default_rules_path() -> Path:
         return checkout
     from importlib import resources
 
-    packaged = Path(str(resources.files("pacsmig.transform").joinpath("rules", "default.yaml")))
+    packaged = Path(str(resources.files("pacsmig.transform").joinpath("rule_files", "default.yaml")))
     if packaged.is_file():
         return packaged
     raise TransformError("default rule file not found (include/rules/default.yaml)")

@@ -9,6 +9,7 @@ from datetime import date
 from typing import Any
 
 import numpy as np
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -73,7 +74,7 @@ def decode_raw(element: DataElement, as_vr: str, ds: Dataset) -> Any:
                          bool(getattr(ds, "is_implicit_VR", False) or False),
                          bool(getattr(ds, "is_little_endian", True) is not False), True, False)
     try:
-        return convert_value(as_vr, raw, ds._character_set)
+        return convert_value(as_vr, raw, convert_encodings(ds.get("SpecificCharacterSet")))
     except Exception as exc:  # noqa: BLE001 - any decoder failure means the same: unreadable value
         raise TransformError(f"cannot read {element.tag} as {as_vr}: {exc}") from exc
 
@@ -161,9 +162,10 @@ def convert_one(value: Any, source_vr: str, target_vr: str) -> Any:
         limit = MAX_LENGTH.get(target_vr)
         if target_vr == "PN":
             if any(len(group) > 64 for group in text.split("=")):
-                raise TransformError(f"value is longer than PN allows")
+                raise TransformError("a PN component group is longer than 64 characters")
         elif limit is not None and len(text) > limit:
-            raise TransformError(f"value of {len(text)} characters is longer than {target_vr} allows ({limit})")
+            raise TransformError(f"value of {len(text)} characters is longer than {target_vr} "
+                                 f"allows ({limit})")
         if target_vr in DATETIME_VRS and text and not is_valid_datetime(text, target_vr):
             raise TransformError(f"{text!r} is not a valid {target_vr}")
         return text
