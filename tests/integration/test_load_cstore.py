@@ -8,12 +8,20 @@ from pathlib import Path
 import pydicom
 import pytest
 from pacsmig.config import ConnectionSpec
-from pacsmig.load import ALREADY_STORED_SAME, CONFLICT, FAILED, STORED, StoreFailed, open_destination
+from pacsmig.load import (
+    ALREADY_STORED_SAME,
+    CONFLICT,
+    FAILED,
+    STORED,
+    DestinationUnavailable,
+    StoreFailed,
+    open_destination,
+)
 from pacsmig.load.compare import compare_instances
 from pacsmig.load.cstore import CStoreDestination
 from pacsmig.verify.hashing import hash_instance
 from pydicom.data import get_testdata_file
-from pynetdicom.dsutils import split_dataset
+from pydicom.uid import generate_uid
 
 from testbed.orthanc import OrthancServer, free_port
 
@@ -24,18 +32,24 @@ def sample(name: str) -> Path:
     return Path(get_testdata_file(name))
 
 
+def copies(tmp_path: Path, name: str, n: int) -> list[Path]:
+    """``n`` instances of one new study/series made from a sample (new SOP UIDs)."""
+    study, series = generate_uid(), generate_uid()
+    out = []
+    for i in range(n):
+        ds = pydicom.dcmread(sample(name))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = tmp_path / f"{name}.{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
+
+
 def conn_for(server: OrthancServer, **extra: object) -> ConnectionSpec:
     return ConnectionSpec("target_archive", "dicom", "127.0.0.1", server.dicom_port,
                           extra={"ae_title": server.aet, "calling_ae_title": "PACSMIG", "timeout": 10,
                                  **extra})
-
-
-def _dataset_bytes(data: bytes, tmp_path: Path) -> bytes:
-    """The encoded dataset after the File Meta group (what goes over the wire)."""
-    path = tmp_path / "x.dcm"
-    path.write_bytes(data)
-    _meta, offset = split_dataset(path)
-    return data[offset:]
 
 
 @pytest.fixture
@@ -46,7 +60,7 @@ def vna(tmp_path: Path) -> Iterator[OrthancServer]:
         yield server
 
 
-def test_cstore_roundtrip_sends_files_as_stored(vna: OrthancServer, tmp_path: Path) -> None:
+def test_cstore_roundtrip_sends_files_as_stored(vna: OrthancServer) -> None:
     dest = open_destination(conn_for(vna))
     assert isinstance(dest, CStoreDestination)
     paths = [sample(n) for n in SAMPLES]
@@ -60,10 +74,13 @@ def test_cstore_roundtrip_sends_files_as_stored(vna: OrthancServer, tmp_path: Pa
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         assert dest.instances(ds.StudyInstanceUID)[ds.SOPInstanceUID] == ds.SeriesInstanceUID
         back = dest.fetch(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-        # Orthanc writes its own File Meta group; the dataset itself comes back byte for byte,
-        # in the transfer syntax it was sent in (JPEG 2000 and RLE were not transcoded).
-        assert _dataset_bytes(back, tmp_path) == _dataset_bytes(path.read_bytes(), tmp_path), path.name
-        assert pydicom.dcmread(back).file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        # Orthanc (DCMTK) re-serialises what it receives by DIMSE: its own File Meta group, no
+        # Data Set Trailing Padding (CT_small has some), its own item encoding. So the read-back
+        # is judged by content: same transfer syntax, same PixelData bytes (JPEG 2000 and RLE
+        # were not transcoded), same decoded pixels, every data element equal.
+        sent, kept = hash_instance(path), hash_instance(back)
+        assert kept.transfer_syntax_uid == sent.transfer_syntax_uid, path.name
+        assert (kept.raw_hash, kept.pixel_hash) == (sent.raw_hash, sent.pixel_hash), path.name
         assert hash_instance(back).pixel_hash == hash_instance(path).pixel_hash
         assert compare_instances(path.read_bytes(), back).same
 
@@ -94,10 +111,25 @@ def test_cstore_never_re_encodes_a_rejected_transfer_syntax(tmp_path: Path) -> N
         assert server.count() == 1
 
 
-def test_cstore_target_down_retries_then_load_error(tmp_path: Path) -> None:
-    server = OrthancServer(tmp_path / "down", name="DOWN", aet="DOWN").start()
-    conn = conn_for(server, retries=2, backoff=0.01)
-    server.stop()
+def test_cstore_capped_listing_is_an_error_not_a_short_answer(tmp_path: Path) -> None:
+    """A target that truncates C-FIND answers must not make stored instances look absent."""
+    paths = copies(tmp_path, "CT_small.dcm", 5)
+    with OrthancServer(tmp_path / "capped", name="CAPPED", aet="CAPPED", limit_find_results=2,
+                       modalities={"pacsmig": ("PACSMIG", "127.0.0.1", free_port())}) as server:
+        dest = open_destination(conn_for(server, retries=0))
+        assert all(a.status == STORED for a in dest.store(paths[:3]))
+        with pytest.raises(StoreFailed) as info:
+            dest.store(paths)
+        assert "truncated" in str(info.value) and info.value.not_stored == 5
+        with pytest.raises(DestinationUnavailable):
+            dest.instances(pydicom.dcmread(paths[0]).StudyInstanceUID)
+
+
+def test_cstore_target_down_retries_then_load_error() -> None:
+    # Nothing listens on the port: the peer is down (as a stopped Orthanc is, without its
+    # seconds-long shutdown).
+    conn = ConnectionSpec("target_archive", "dicom", "127.0.0.1", free_port(),
+                          extra={"ae_title": "DOWN", "retries": 2, "backoff": 0.01})
     paths = [sample(n) for n in SAMPLES[:2]]
     with pytest.raises(StoreFailed) as info:
         open_destination(conn).store(paths)

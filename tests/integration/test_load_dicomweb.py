@@ -27,6 +27,7 @@ from pacsmig.load import (
     StoreFailed,
     compare_instances,
     open_destination,
+    open_destinations,
 )
 from pacsmig.load.dicomweb import DicomWebDestination
 from pacsmig.verify.hashing import hash_instance
@@ -205,3 +206,22 @@ def test_http_503_retries_then_load_error() -> None:
     assert calls.count("POST") == 4  # first try + 3 retries, then give up
     assert info.value.not_stored == len(paths) and "HTTP 503" in str(info.value)
     assert "busy_vna" in str(info.value)
+
+
+def test_synthetic_archive_into_dicomweb_and_a_folder(target: OrthancServer, synthetic_archive,  # noqa: ANN001
+                                                      tmp_path: Path) -> None:
+    """Edge folder + VNA at once: every file acked ok at both, listed by both, no duplicates on re-run."""
+    files = synthetic_archive.files[:120]  # a few studies: the re-run reads every one back
+    dest = open_destinations([conn_for(target), ConnectionSpec("edge", "fs", extra={"path": str(tmp_path)})])
+    acks = dest.store(files)
+    assert len(acks) == len(files) and all(a.ok for a in acks), {a.status for a in acks}
+    by_study: dict[str, set[str]] = {}
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        by_study.setdefault(ds.StudyInstanceUID, set()).add(ds.SOPInstanceUID)
+    for study, sops in by_study.items():
+        assert set(dest.instances(study)) == sops
+    assert target.count() == sum(len(s) for s in by_study.values())
+    again = dest.store(files)
+    assert {a.status for a in again} == {ALREADY_STORED_SAME}
+    assert target.count() == sum(len(s) for s in by_study.values())

@@ -83,9 +83,9 @@ def arranged(servers, tmp_path: Path, ledger_dsn: str, monkeypatch: pytest.Monke
     ct, mr, us = archive.instances["ct"], archive.instances["mr"], archive.instances["us"]
     mr_bytes, mr_changes = _transformed(mr[1].path, "MPI-0002")
     rle = read(ct[0].path)
-    rle.compress(RLELossless)
+    rle.compress(RLELossless, generate_instance_uid=False)
     j2k = read(us[0].path)
-    j2k.compress(JPEG2000Lossless)
+    j2k.compress(JPEG2000Lossless, generate_instance_uid=False)
     special = {ct[0].sop: dataset_bytes(rle), us[0].sop: dataset_bytes(j2k), mr[1].sop: mr_bytes}
     for inst in archive.all():
         data = special.get(inst.sop, inst.path.read_bytes())

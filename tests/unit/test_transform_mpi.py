@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset
-from transform_testkit import make_dataset
-
 from pacsmig.errors import TransformError
 from pacsmig.transform.mpi import Crosswalk, reconcile
+from pydicom.dataset import Dataset
+from transform_testkit import make_dataset
 
 
 def write_csv(path: Path, rows: list[tuple[str, str, str]],

@@ -6,12 +6,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset
-from transform_testkit import make_dataset, private_values
-
 from pacsmig.errors import TransformError
 from pacsmig.transform.provenance import record_original_attributes
 from pacsmig.transform.rules import RuleSet, default_rules_path
+from pydicom.dataset import Dataset
+from transform_testkit import make_dataset, private_values
 
 GE = "GEMS_GDXE_FALCON_04"
 SIE_GEN = "SIEMENS CT VA0  GEN"
@@ -69,7 +68,8 @@ def test_un_binary_value_read_with_from_vr() -> None:
 
 
 def test_fl_to_ds_does_not_invent_digits() -> None:
-    ds = make_dataset(modality="MR", blocks=[(0x2001, 0x10, "Philips Imaging DD 001", [(0x03, "FL", 1000.1)])])
+    ds = make_dataset(modality="MR",
+                      blocks=[(0x2001, 0x10, "Philips Imaging DD 001", [(0x03, "FL", 1000.1)])])
     rules({"id": "b", "op": "copy", "from": {"group": 0x2001, "creator": "Philips Imaging DD 001",
                                              "offset": 3}, "to": "KVP"}).apply(ds)
     assert str(ds.KVP) == "1000.1"
@@ -253,7 +253,8 @@ def test_xray_tube_current_only_when_absent() -> None:
     ({"id": "g", "op": "set", "element": "StudyDate", "value": "x", "reason": "WHIM"}, "rule g: reason"),
     ({"id": "h", "op": "regex", "element": "StudyID", "pattern": "(", "replace": ""}, "rule h: pattern"),
     ({"id": "i", "op": "set", "element": "KVP", "value": "high"}, "rule i: .*not a number"),
-    ({"id": "j", "op": "delete", "element": "StudyDate", "when": {"weather": "sunny"}}, "rule j: unknown cond"),
+    ({"id": "j", "op": "delete", "element": "StudyDate", "when": {"weather": "sunny"}},
+     "rule j: unknown cond"),
     ({"id": "k", "op": "copy", "from": {"group": 0x0018, "creator": "X", "offset": 1}, "to": "KVP"},
      "rule k: private group must be odd"),
     ({"id": "l", "op": "copy", "from": {"group": 0x0019, "creator": "X"}, "to": "KVP"}, r"rule l: .*missing"),
@@ -269,7 +270,8 @@ def test_invalid_rules_rejected_naming_the_rule(spec: dict, message: str) -> Non
 
 def test_duplicate_ids_and_bad_files(tmp_path: Path) -> None:
     with pytest.raises(TransformError, match="rule x: duplicate"):
-        rules({"id": "x", "op": "delete", "element": "StudyID"}, {"id": "x", "op": "delete", "element": "StudyID"})
+        rules({"id": "x", "op": "delete", "element": "StudyID"},
+              {"id": "x", "op": "delete", "element": "StudyID"})
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules: [\n")
     with pytest.raises(TransformError, match="cannot read rule file"):

@@ -28,6 +28,7 @@ from pacsmig.adt.messages import (
     ack_for_error,
     build_ack,
     parse_adt,
+    parse_header,
 )
 from pacsmig.adt.store import StoredEvent, store_event
 from pacsmig.ledger import Ledger
@@ -103,6 +104,8 @@ class AdtListener:
         if ledger is not None and (fresh or ledger.conn.closed):
             with contextlib.suppress(Exception):
                 ledger.close()
+            with self._ledgers_lock:
+                self._ledgers.remove(ledger)
             ledger = None
         if ledger is None:
             ledger = Ledger(self.dsn)
@@ -113,6 +116,18 @@ class AdtListener:
 
     def handle(self, block: bytes) -> str:
         """Answer one message (framing removed): parse, commit, and return the ACK text."""
+        try:
+            return self._handle(block)
+        except Exception:
+            # A bug must still be answered (AE: the sender keeps the message), never a silent drop.
+            logger.exception("ADT message of %d bytes NOT stored: internal error", len(block))
+            header = None
+            with contextlib.suppress(Exception):
+                header = parse_header(decode(block))
+            return build_ack(header, AckCode.ERROR, text="internal error, message not stored",
+                             error=ErrorCode.APPLICATION_INTERNAL_ERROR)
+
+    def _handle(self, block: bytes) -> str:
         text = decode(block)
         try:
             event = parse_adt(text)

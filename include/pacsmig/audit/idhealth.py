@@ -101,7 +101,11 @@ def id_pattern(ids: pd.Series) -> pd.Series:
 @dataclass
 class _Column:
     codes: np.ndarray  # int64 per study, -1 = missing
-    text: np.ndarray  # code -> display text (object array)
+    text: pa.Array  # code -> display text
+
+
+def _indices(encoded: pa.DictionaryArray) -> np.ndarray:
+    return encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _encode(values: pd.Series | pa.Array, *, normalise: bool, missing_as: str | None = None) -> _Column:
@@ -110,11 +114,15 @@ def _encode(values: pd.Series | pa.Array, *, normalise: bool, missing_as: str | 
     if missing_as is not None:
         arr = pc.fill_null(arr, missing_as)
     encoded = pc.dictionary_encode(arr)
-    dictionary = _normalise_arrow(encoded.dictionary) if normalise else encoded.dictionary
-    merged, uniques = pd.factorize(np.asarray(dictionary.to_pandas(), dtype=object), use_na_sentinel=True)
-    indices = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    codes = np.where(indices >= 0, merged[np.clip(indices, 0, None)] if len(merged) else -1, -1)
-    return _Column(codes=codes.astype(np.int64), text=np.asarray(uniques, dtype=object))
+    codes = _indices(encoded)
+    if not normalise:
+        return _Column(codes=codes, text=encoded.dictionary)
+    # normalise the distinct values only, then merge the ones that became equal
+    merged = pc.dictionary_encode(_normalise_arrow(encoded.dictionary))
+    remap = _indices(merged)
+    if len(remap):
+        codes = np.where(codes >= 0, remap[np.clip(codes, 0, None)], -1)
+    return _Column(codes=codes, text=merged.dictionary)
 
 
 @dataclass
@@ -124,9 +132,12 @@ class _Coded:
     studies: pd.Series  # studies per (issuer, pid) code pair
 
     def decode(self, column: str, codes: pd.Series) -> pd.Series:
+        """Text of codes (flagged rows only: this builds Python strings)."""
         text = self.columns[column].text
-        values = np.where(codes.to_numpy() >= 0, text[np.clip(codes.to_numpy(), 0, None)] if len(text) else "",
-                          "")
+        raw = codes.to_numpy()
+        taken = pc.take(text, pa.array(np.where(raw >= 0, raw, 0))) if len(text) else pa.nulls(len(raw))
+        values = np.asarray(taken.to_pylist(), dtype=object)
+        values[raw < 0] = ""
         return pd.Series(values, index=codes.index, dtype=object)
 
 
@@ -237,7 +248,7 @@ def id_format_outliers(coded: _Coded, *, outlier_share: float = 0.2, dominant_sh
     ids = coded.frame.loc[coded.frame["pid"] >= 0, ["issuer", "pid"]].drop_duplicates()
     if ids.empty:
         return pd.DataFrame(columns=ISSUE_COLUMNS)
-    patterns = _encode(_pattern_arrow(pa.array(coded.columns["pid"].text, type=pa.string())), normalise=False)
+    patterns = _encode(_pattern_arrow(coded.columns["pid"].text), normalise=False)
     ids = ids.assign(pattern=patterns.codes[ids["pid"].to_numpy()])
     per = ids.groupby(["issuer", "pattern"]).size().rename("n").reset_index()
     per["total"] = per.groupby("issuer")["n"].transform("sum")
@@ -249,10 +260,9 @@ def id_format_outliers(coded: _Coded, *, outlier_share: float = 0.2, dominant_sh
     if rare.empty:
         return pd.DataFrame(columns=ISSUE_COLUMNS)
     rows = ids.merge(rare, on=["issuer", "pattern"]).reset_index(drop=True)
-    text = patterns.text
-    detail = ("pattern " + pd.Series(text[rows["pattern"].to_numpy()], dtype=object) + " ("
-              + rows["n"].astype(str) + " of " + rows["total"].astype(str) + " IDs of the issuer; usual "
-              + pd.Series(text[rows["usual"].to_numpy()], dtype=object) + ")")
+    text = patterns.text.to_pylist()  # distinct patterns: few
+    detail = ("pattern " + rows["pattern"].map(text.__getitem__) + " (" + rows["n"].astype(str) + " of "
+              + rows["total"].astype(str) + " IDs of the issuer; usual " + rows["usual"].map(text.__getitem__) + ")")
     return _rows(coded, rows, ID_FORMAT_OUTLIER, "within_issuer", detail.to_numpy())
 
 

@@ -53,6 +53,10 @@ class Reason(enum.StrEnum):
     CHANGED_AT_SOURCE = "changed_at_source"
 
 
+#: Reasons that flag a study for review without blocking it: they survive later state changes
+#: (a study whose malformed instance was quarantined stays flagged after it is loaded).
+FLAG_REASONS = frozenset({"malformed_instance", "uid_conflict", "target_content_mismatch"})
+
 #: Sentinel hash that starts the custody chain.
 GENESIS_HASH = "0" * 64
 
@@ -218,7 +222,7 @@ class Ledger:
                   expect: Iterable[StudyState] | None = None) -> None:
         """Move a study to ``state`` (optionally only from ``expect``), with a custody entry."""
         with self.transaction() as cur:
-            cur.execute("SELECT state FROM studies WHERE study_instance_uid = %s FOR UPDATE",
+            cur.execute("SELECT state, reason FROM studies WHERE study_instance_uid = %s FOR UPDATE",
                         (study_instance_uid,))
             row = cur.fetchone()
             if row is None:
@@ -227,11 +231,12 @@ class Ledger:
             if expect is not None and old not in {StudyState(s).value for s in expect}:
                 raise LedgerError(f"study {study_instance_uid}: state {old}, expected one of "
                                   f"{sorted(StudyState(s).value for s in expect)}")
+            new_reason = Reason(reason).value if reason else (
+                row["reason"] if row["reason"] in FLAG_REASONS else None)
             cur.execute(
                 "UPDATE studies SET state = %s, reason = %s, last_error = %s, updated_at = now() "
                 "WHERE study_instance_uid = %s",
-                (StudyState(state).value, Reason(reason).value if reason else None, error,
-                 study_instance_uid))
+                (StudyState(state).value, new_reason, error, study_instance_uid))
             body = {"from": old, "to": StudyState(state).value}
             if reason:
                 body["reason"] = Reason(reason).value

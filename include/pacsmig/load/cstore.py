@@ -168,6 +168,9 @@ class CStoreDestination(BaseDestination):
             if code in _PENDING:
                 if identifier is not None:
                     rows.append(identifier)
+            elif code == 0xFE00:
+                # Orthanc cancels at LimitFindInstances: a short list would hide stored instances.
+                raise Fatal("C-FIND answer truncated by the target (status 0xFE00, result limit?)")
             elif code != 0x0000:
                 raise Fatal(f"C-FIND status 0x{code:04X} ({code_to_category(code)})")
         return rows

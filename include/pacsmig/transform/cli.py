@@ -53,5 +53,5 @@ def main(argv: list[str]) -> int:
         report.to_csv(sys.stdout, index=False)
     errors = int((report["action"] == "error").sum())
     files = report["path"].nunique()
-    print(f"{len(report)} changes in {files} files, {errors} errors", file=sys.stderr)
+    print(f"{len(report) - errors} changes in {files} files with findings, {errors} errors", file=sys.stderr)
     return 1 if errors else 0

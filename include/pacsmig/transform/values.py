@@ -167,7 +167,8 @@ def convert_one(value: Any, source_vr: str, target_vr: str) -> Any:
             raise TransformError(f"value of {len(text)} characters is longer than {target_vr} "
                                  f"allows ({limit})")
         if target_vr in DATETIME_VRS and text and not is_valid_datetime(text, target_vr):
-            raise TransformError(f"{text!r} is not a valid {target_vr}")
+            # no value in the message: dates here may be birth dates
+            raise TransformError(f"value is not a valid {target_vr}")
         return text
     raise TransformError(f"conversion to VR {target_vr} is not supported")
 

@@ -133,8 +133,15 @@ def list_study_instances(node: DicomNode, study_uids: list[str]) -> dict[str, So
                 logger.warning("retrieve.list_study_instances failed for study %s (%s); walking it",
                                uid, type(exc).__name__)
                 continue
-            if isinstance(listed, dict):
-                out[uid] = SourceStudy(uid, {str(k): str(v) for k, v in listed.items()})
+            # Their shape: series UID -> SOP UIDs. A series answering with as many rows as the
+            # source's cap may be truncated: the study is then not provably complete.
+            study = SourceStudy(uid)
+            for series, sops in listed.items():
+                study.instances.update(dict.fromkeys(map(str, sops), str(series)))
+                if node.find_cap and len(sops) >= node.find_cap:
+                    study.complete = False
+                    study.problem = f"series {series} answered {len(sops)} rows, the source's cap"
+            out[uid] = study
     rest = [uid for uid in study_uids if uid not in out]
     if rest:
         from pacsmig.dicom.find import FindClient

@@ -231,6 +231,8 @@ def finalize(ledger: Ledger, scope: Scope, source: DicomNode | None = None, out_
                 accounted.append(InstanceResult(uid, sop, status, row["source_pixel_hash"] if row else None,
                                                 detail="; ".join([detail, *notes]).strip("; ")))
             counts[status] += 1
+            if row is not None and row["status"] is None and status == MISSING_AT_TARGET:
+                counts["unchecked"] += 1
             report_rows.append({
                 "study_instance_uid": uid, "sop_instance_uid": sop,
                 "source_pixel_hash": row["source_pixel_hash"] if row else None,
@@ -329,7 +331,7 @@ def _decide(ledger: Ledger, uid: str, study: dict[str, Any] | None, src: SourceS
     known = study or {}
     line = {"study_instance_uid": uid, "accession_number": known.get("accession_number") or "",
             "study_date": known.get("study_date") or "", "modalities": known.get("modalities") or "",
-            "state": known.get("state") or "", "instances_source": sum(counts.values()),
+            "state": known.get("state") or "", "instances_source": sum(counts[s] for s in readback.STATUSES),
             "verified": counts[VERIFIED], "pixel_mismatch": counts[PIXEL_MISMATCH],
             "header_mismatch": counts[HEADER_MISMATCH], "missing_at_target": counts[MISSING_AT_TARGET],
             "quarantined": counts[QUARANTINED], "held": counts[HELD], "detail": ""}
@@ -339,6 +341,10 @@ def _decide(ledger: Ledger, uid: str, study: dict[str, Any] | None, src: SourceS
     state = study["state"]
     if state not in MIGRATED_STATES:
         line.update(result=state, detail="not migrated: state unchanged")
+        return line
+    if counts["unchecked"]:
+        # Not read back (a failed or skipped chunk): no verdict on missing what was never asked for.
+        line.update(result="not_checked", detail=f"{counts['unchecked']} instances not read back yet")
         return line
     if src is not None and not src.complete:
         line.update(result="source_incomplete", detail=f"source re-query incomplete: {src.problem}")
