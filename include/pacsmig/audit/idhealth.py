@@ -127,7 +127,7 @@ def _encode(values: pd.Series | pa.Array, *, normalise: bool, missing_as: str | 
 
 @dataclass
 class _Coded:
-    frame: pd.DataFrame  # columns issuer, pid, name, birth, sex (int64 codes)
+    frame: pd.DataFrame  # distinct (issuer, pid, name, birth, sex) code tuples (-1 = missing)
     columns: dict[str, _Column]
     studies: pd.Series  # studies per (issuer, pid) code pair
 
@@ -141,7 +141,27 @@ class _Coded:
         return pd.Series(values, index=codes.index, dtype=object)
 
 
+def _pack(parts: list[np.ndarray]) -> tuple[np.ndarray, list[int]] | None:
+    """Several non-negative code arrays as one int64 key (None if they need more than 63 bits)."""
+    bits = [max(1, int(p.max(initial=0)).bit_length()) for p in parts]
+    if sum(bits) > 63:
+        return None
+    key = np.zeros(len(parts[0]), dtype=np.int64)
+    for part, width in zip(parts, bits, strict=True):
+        key = (key << width) | part
+    return key, bits
+
+
+def _unpack(key: np.ndarray, bits: list[int]) -> list[np.ndarray]:
+    out = []
+    for width in reversed(bits):
+        out.append(key & ((1 << width) - 1))
+        key = key >> width
+    return out[::-1]
+
+
 def _code(inventory: Inventory) -> _Coded:
+    """Encode the identity columns and reduce the studies to distinct identity tuples."""
     columns = {
         "issuer": _encode(inventory["issuer_of_patient_id"], normalise=False, missing_as=""),
         "pid": _encode(inventory["patient_id"], normalise=False),
@@ -149,9 +169,25 @@ def _code(inventory: Inventory) -> _Coded:
         "birth": _encode(inventory["patient_birth_date"], normalise=True),
         "sex": _encode(inventory["patient_sex"], normalise=True),
     }
-    frame = pd.DataFrame({k: c.codes for k, c in columns.items()})
-    studies = frame.groupby(["issuer", "pid"]).size()
-    return _Coded(frame=frame, columns=columns, studies=studies)
+    shifted = {k: c.codes + 1 for k, c in columns.items()}  # 0 = missing, so keys stay non-negative
+    ids = _pack([shifted["issuer"], shifted["pid"]])
+    demo = _pack([shifted["name"], shifted["birth"], shifted["sex"]])
+    if ids is not None and demo is not None:
+        # one hash pass over two int64 columns instead of five: the 10 M-row step
+        pairs = pd.DataFrame({"id": ids[0], "demo": demo[0]}).drop_duplicates()
+        issuer, pid = _unpack(pairs["id"].to_numpy(), ids[1])
+        name, birth, sex = _unpack(pairs["demo"].to_numpy(), demo[1])
+        frame = pd.DataFrame({"issuer": issuer - 1, "pid": pid - 1, "name": name - 1, "birth": birth - 1,
+                              "sex": sex - 1})
+        counts = pd.Series(ids[0]).value_counts(sort=False)
+        issuer_k, pid_k = _unpack(counts.index.to_numpy(), ids[1])
+        studies = pd.Series(counts.to_numpy(), index=pd.MultiIndex.from_arrays(
+            [issuer_k - 1, pid_k - 1], names=["issuer", "pid"]))
+    else:
+        full = pd.DataFrame({k: c.codes for k, c in columns.items()})
+        frame = full.drop_duplicates()
+        studies = full.groupby(["issuer", "pid"]).size()
+    return _Coded(frame=frame.reset_index(drop=True), columns=columns, studies=studies)
 
 
 def _rows(coded: _Coded, flagged: pd.DataFrame, kind: str, scope: pd.Series | str, detail: pd.Series,
@@ -190,7 +226,7 @@ def _demographics_text(coded: _Coded, rows: pd.DataFrame, with_issuer: bool) -> 
 
 def same_id_different_demographics(coded: _Coded) -> pd.DataFrame:
     """Rows for IDs carried by more than one person, within one issuer and across issuers."""
-    ids = coded.frame[coded.frame["pid"] >= 0].drop_duplicates()
+    ids = coded.frame[coded.frame["pid"] >= 0]
     out = []
     for scope, keys in (("within_issuer", ["issuer", "pid"]), ("across_issuers", ["pid"])):
         counts = _distinct_counts(ids, keys)
@@ -222,8 +258,7 @@ def same_id_different_demographics(coded: _Coded) -> pd.DataFrame:
 def same_demographics_different_ids(coded: _Coded) -> pd.DataFrame:
     """Rows for every ``(issuer, patient_id)`` of a person filed under more than one."""
     f = coded.frame
-    people = f[(f["pid"] >= 0) & (f["name"] >= 0) & (f["birth"] >= 0)].drop_duplicates()
-    people = people.drop_duplicates([*_DEMO, "issuer", "pid"])
+    people = f[(f["pid"] >= 0) & (f["name"] >= 0) & (f["birth"] >= 0)]
     sizes = people.groupby(_DEMO).size()
     multi = sizes[sizes > 1]
     if multi.empty:

@@ -55,7 +55,7 @@ class Reason(enum.StrEnum):
 
 #: Reasons that flag a study for review without blocking it: they survive later state changes
 #: (a study whose malformed instance was quarantined stays flagged after it is loaded).
-FLAG_REASONS = frozenset({"malformed_instance", "uid_conflict", "target_content_mismatch"})
+FLAG_REASONS = frozenset({"malformed_instance", "uid_conflict", "target_content_mismatch", "transform_failed"})
 
 #: Sentinel hash that starts the custody chain.
 GENESIS_HASH = "0" * 64

@@ -21,7 +21,7 @@ import psycopg2.extras
 
 from pacsmig import config
 from pacsmig.config import ConnectionSpec, DicomNode
-from pacsmig.errors import DicomError, LedgerError, LoadError, VerifyError
+from pacsmig.errors import DicomError, LedgerError, LoadError, TransformError, VerifyError
 from pacsmig.ledger import Ledger, Reason, StudyState
 from pacsmig.verify.hashing import InstanceHashes, hash_instance
 
@@ -298,8 +298,16 @@ def transform_study(ctx: MigrationContext, study_instance_uid: str) -> dict[str,
             ds = pydicom.dcmread(inst["staged_path"], stop_before_pixels=True, force=True)
             key = (str(ds.get("IssuerOfPatientID", "") or "") or None, str(ds.get("PatientID", "")))
             dst = out_dir / f"{inst['sop_instance_uid']}.dcm"
-            res = transform_instance(Path(inst["staged_path"]), dst, rules=rules, mpi_patient_id=mpi_ids[key],
-                                     mpi_issuer=ctx.mpi_issuer, when=inst["received_at"])
+            try:
+                res = transform_instance(Path(inst["staged_path"]), dst, rules=rules,
+                                         mpi_patient_id=mpi_ids[key], mpi_issuer=ctx.mpi_issuer,
+                                         when=inst["received_at"])
+            except TransformError as exc:
+                with ledger.transaction() as cur:
+                    quarantine(cur, ledger, study_instance_uid, inst["sop_instance_uid"],
+                               reason=Reason.TRANSFORM_FAILED, detail=str(exc)[:2000],
+                               path=inst["staged_path"])
+                continue
             rows.append((str(res.path), res.file_hash, study_instance_uid, inst["sop_instance_uid"]))
             changes = [_change_dict(c) for c in res.changes]
             n_changes += len(changes)
@@ -323,6 +331,8 @@ def transform_study(ctx: MigrationContext, study_instance_uid: str) -> dict[str,
 def _change_dict(change: Any) -> dict[str, Any]:
     if isinstance(change, dict):
         return change
+    if hasattr(change, "as_dict"):
+        return dict(change.as_dict())
     return {k: _jsonable(getattr(change, k, None))
             for k in ("tag", "keyword", "action", "old", "new", "rule_id", "reason")}
 

@@ -7,6 +7,7 @@ its dtype and shape, concatenated, sha256. A lossless transcode keeps it; a loss
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -15,6 +16,8 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from pacsmig.errors import VerifyError
+
+_LITTLE = sys.byteorder == "little"
 
 #: Hash recorded for an instance with no PixelData (SR, KO, PR ...): the empty string's hash
 #: would collide with a real empty image, so a named marker is used.
@@ -59,6 +62,10 @@ def pixel_hash(ds: Dataset) -> str:
     else:
         parts = [arr]
     for frame in parts:
+        # Byte order is an encoding detail (Big Endian files, transcodes): hash little-endian values.
+        if frame.dtype.byteorder == ">" or (frame.dtype.byteorder == "=" and frame.dtype.itemsize > 1
+                                            and not _LITTLE):
+            frame = frame.astype(frame.dtype.newbyteorder("<"))
         h.update(f"{frame.dtype.str}{frame.shape}".encode())
         h.update(frame.tobytes(order="C"))
     return h.hexdigest()
