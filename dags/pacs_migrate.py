@@ -24,10 +24,12 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from pacsmig.ops.migrate_tasks import partition_report, select_for_run, study_task_group
 
-PARTITION_SCHEDULE = os.environ.get("PACSMIG_PARTITION_SCHEDULE", "@monthly")
+# A data-interval timetable: each run covers [start, end) of study dates (Airflow 3's default cron
+# timetable has no interval). Monthly by default; "@daily" for very large archives.
+PARTITION_SCHEDULE = CronDataIntervalTimetable(os.environ.get("PACSMIG_PARTITION_CRON", "@monthly"), timezone="UTC")
 
 
 @dag(

@@ -38,17 +38,33 @@ def _scope(params: dict[str, Any]) -> Any:
     default_args=DEFAULT_ARGS,
     doc_md=__doc__,
     params={
-        "date_from": Param(None, type=["null", "string"], format="date",
-                           description="First study date to validate (YYYY-MM-DD); empty: no lower bound."),
-        "date_to": Param(None, type=["null", "string"], format="date",
-                         description="Last study date to validate (YYYY-MM-DD); empty: no upper bound."),
-        "patient_id": Param(None, type=["null", "string"],
-                            description="Validate only this patient's studies (source or MPI patient ID)."),
-        "sample_fraction": Param(0.10, type="number", minimum=0, maximum=1,
-                                 description="Share of studies drawn for the chief radiologist's review "
-                                             "(0 disables the sample)."),
-        "recheck": Param(False, type="boolean",
-                         description="Read back instances already verified by an earlier run too."),
+        "date_from": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="First study date to validate (YYYY-MM-DD); empty: no lower bound.",
+        ),
+        "date_to": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Last study date to validate (YYYY-MM-DD); empty: no upper bound.",
+        ),
+        "patient_id": Param(
+            None,
+            type=["null", "string"],
+            description="Validate only this patient's studies (source or MPI patient ID).",
+        ),
+        "sample_fraction": Param(
+            0.10,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Share of studies drawn for the chief radiologist's review (0 disables the sample).",
+        ),
+        "recheck": Param(
+            False, type="boolean", description="Read back instances already verified by an earlier run too."
+        ),
     },
 )
 def pacs_validate() -> None:
@@ -72,20 +88,37 @@ def pacs_validate() -> None:
 
         get_current_context()["chunk_label"] = chunk["label"]  # type: ignore[index]
         with Ledger(ledger()) as db:
-            return verify_studies(db, get_connection("target_archive"), chunk["studies"],
-                                  recheck=bool((params or {}).get("recheck")))
+            return verify_studies(
+                db,
+                get_connection("target_archive"),
+                chunk["studies"],
+                recheck=bool((params or {}).get("recheck")),
+            )
 
     @task(trigger_rule="none_failed")
-    def reconcile_and_report(counts: list[dict[str, int]], params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def reconcile_and_report(
+        counts: list[dict[str, int]], params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Re-query the source, account for every instance, write the reports, decide the studies."""
         from pacsmig.ledger import Ledger
         from pacsmig.ops.connections import dicom_node, ledger
         from pacsmig.verify.validate import finalize
 
         with Ledger(ledger()) as db:
-            summary = finalize(db, _scope(params or {}), dicom_node("legacy_pacs"), target_name="target_archive")
-        return {k: summary[k] for k in ("instances_source", "instances_verified", "instances_mismatched",
-                                        "instances_missing", "studies", "studies_review")}
+            summary = finalize(
+                db, _scope(params or {}), dicom_node("legacy_pacs"), target_name="target_archive"
+            )
+        return {
+            k: summary[k]
+            for k in (
+                "instances_source",
+                "instances_verified",
+                "instances_mismatched",
+                "instances_missing",
+                "studies",
+                "studies_review",
+            )
+        }
 
     @task
     def review_sample(summary: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -111,10 +144,19 @@ def pacs_validate() -> None:
 
         with Ledger(ledger()) as db:
             where, values = _scope(params or {}).sql("s")
-            uids = [r["study_instance_uid"] for r in db.query(
-                f"SELECT study_instance_uid FROM studies s WHERE {where} ORDER BY 1", values)]
-            result = export_studies(db, uids, config.sub_dir("validation", "audit"), dicom_node("legacy_pacs"),
-                                    get_connection("target_archive"))
+            uids = [
+                r["study_instance_uid"]
+                for r in db.query(
+                    f"SELECT study_instance_uid FROM studies s WHERE {where} ORDER BY 1", values
+                )
+            ]
+            result = export_studies(
+                db,
+                uids,
+                config.sub_dir("validation", "audit"),
+                dicom_node("legacy_pacs"),
+                get_connection("target_archive"),
+            )
         return {"studies": result["studies"], "messages": result["messages"], "ndjson": result["ndjson"]}
 
     chunks = plan()

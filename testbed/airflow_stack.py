@@ -126,13 +126,14 @@ class AirflowStack:
     def dag_runs(self, dag_id: str) -> list[dict[str, object]]:
         return _json_rows(self.cli("dags", "list-runs", dag_id, "-o", "json", check=False).stdout)
 
-    def wait_for_runs(self, dag_id: str, count: int, timeout: float = 600) -> list[dict[str, object]]:
-        """Until ``count`` runs of ``dag_id`` are finished (success or failed); returns them."""
+    def wait_for_runs(self, dag_id: str, count: int, timeout: float = 600, prefix: str = ""
+                      ) -> list[dict[str, object]]:
+        """Until ``count`` runs of ``dag_id`` (run ids starting with ``prefix``) are finished; returns them."""
         deadline = time.monotonic() + timeout
         runs: list[dict[str, object]] = []
         while time.monotonic() < deadline:
             self._check_alive()
-            runs = self.dag_runs(dag_id)
+            runs = [r for r in self.dag_runs(dag_id) if str(r.get("run_id", "")).startswith(prefix)]
             done = [r for r in runs if r.get("state") in ("success", "failed")]
             if len(done) >= count:
                 return runs

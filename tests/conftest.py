@@ -18,10 +18,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("PACSMIG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-_SESSION = uuid.uuid4().hex[:8]
+# Imported twice when a test does `from tests.conftest import ...`: set the environment once.
+_SESSION = os.environ.setdefault("PACSMIG_TEST_SESSION", uuid.uuid4().hex[:8])
 AIRFLOW_DB = f"pacsmig_test_airflow_{_SESSION}"
 
-_airflow_home = Path(tempfile.mkdtemp(prefix="pacsmig-airflow-"))
+if "PACSMIG_TEST_AIRFLOW_HOME" not in os.environ:
+    os.environ["PACSMIG_TEST_AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="pacsmig-airflow-")
+_airflow_home = Path(os.environ["PACSMIG_TEST_AIRFLOW_HOME"])
 os.environ.update({
     "AIRFLOW_HOME": str(_airflow_home),
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -135,8 +138,8 @@ def airflow_db() -> Iterator[str]:
 
     create_database(PG_ADMIN, AIRFLOW_DB, drop=True)
     airflow = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run([airflow, "db", "migrate"], check=True, env=os.environ.copy(),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run([airflow, "db", "migrate"], env=os.environ.copy(), capture_output=True, text=True)
+    assert proc.returncode == 0, f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     yield os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     import psycopg2
 

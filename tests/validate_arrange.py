@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import requests
+from pacsmig.ledger import Ledger, StudyState
+from pacsmig.verify.hashing import hash_instance
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-from pacsmig.ledger import Ledger, StudyState
-from pacsmig.verify.hashing import hash_instance
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -55,8 +54,16 @@ class Archive:
         return [i for insts in self.instances.values() for i in insts]
 
 
-def _base(sop_class: str, study: str, series: str, sop: str, patient: str, study_date: str,
-          modality: str, number: int) -> Dataset:
+def _base(
+    sop_class: str,
+    study: str,
+    series: str,
+    sop: str,
+    patient: str,
+    study_date: str,
+    modality: str,
+    number: int,
+) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class
@@ -64,7 +71,12 @@ def _base(sop_class: str, study: str, series: str, sop: str, patient: str, study
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = patient, f"TEST^{patient}", "19700101", "O"
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = (
+        patient,
+        f"TEST^{patient}",
+        "19700101",
+        "O",
+    )
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber = study_date, "101010", f"ACC{study[-6:]}"
     ds.Modality, ds.StudyDescription, ds.SeriesNumber, ds.InstanceNumber = modality, "TEST", 1, number
     ds.StudyID, ds.Manufacturer = "1", "PACSMIG-TEST"
@@ -86,23 +98,31 @@ def make_archive(root: Path, seed: int = 5) -> Archive:
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     archive = Archive(root)
-    specs = [("ct", "CT", "20240105", "PAT1"), ("mr", "MR", "20230601", "PAT2"),
-             ("us", "US", "20240210", "PAT1"), ("tomo", "MG", "20220314", "PAT3")]
+    specs = [
+        ("ct", "CT", "20240105", "PAT1"),
+        ("mr", "MR", "20230601", "PAT2"),
+        ("us", "US", "20240210", "PAT1"),
+        ("tomo", "MG", "20220314", "PAT3"),
+    ]
     for key, modality, day, patient in specs:
         study = generate_uid(ROOT)
         series = generate_uid(ROOT)
         archive.studies[key] = {"uid": study, "date": day, "modality": modality, "patient": patient}
         insts: list[Inst] = []
 
-        def write(ds: Dataset, name: str) -> None:
+        def write(ds: Dataset, name: str, key: str = key, insts: list[Inst] = insts) -> None:
             path = root / f"{key}_{name}.dcm"
             ds.save_as(path, enforce_file_format=True)
-            insts.append(Inst(path, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID))
+            insts.append(
+                Inst(path, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID)
+            )
 
         if key in ("ct", "mr"):
             n = 3 if key == "ct" else 2
             for i in range(1, n + 1):
-                ds = _base(CT if key == "ct" else MR, study, series, generate_uid(ROOT), patient, day, modality, i)
+                ds = _base(
+                    CT if key == "ct" else MR, study, series, generate_uid(ROOT), patient, day, modality, i
+                )
                 _pixels(ds, rng.integers(0, 4000, (32, 32), dtype=np.uint16))
                 ds.ImagePositionPatient = [0, 0, float(i * 2)]
                 ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -134,8 +154,13 @@ def make_archive(root: Path, seed: int = 5) -> Archive:
     return archive
 
 
-def record_migrated(dsn: str, archive: Archive, state: StudyState = StudyState.LOADED,
-                    changes: dict[str, list[dict]] | None = None, skip: set[str] = frozenset()) -> None:
+def record_migrated(
+    dsn: str,
+    archive: Archive,
+    state: StudyState = StudyState.LOADED,
+    changes: dict[str, list[dict]] | None = None,
+    skip: set[str] = frozenset(),
+) -> None:
     """Write studies / instances rows as the pipeline leaves them after ``loaded``, plus custody.
 
     ``changes`` maps SOP UID -> recorded transform changes (custody ``transformed`` entries);
@@ -148,35 +173,70 @@ def record_migrated(dsn: str, archive: Archive, state: StudyState = StudyState.L
                 cur.execute(
                     "INSERT INTO studies (study_instance_uid, patient_id, accession_number, study_date, "
                     "modalities, expected_instances, state) VALUES (%s, %s, %s, %s, %s, %s, 'discovered')",
-                    (info["uid"], info["patient"], f"ACC{info['uid'][-6:]}",
-                     date(int(info["date"][:4]), int(info["date"][4:6]), int(info["date"][6:])),
-                     info["modality"], len(archive.instances[key])))
+                    (
+                        info["uid"],
+                        info["patient"],
+                        f"ACC{info['uid'][-6:]}",
+                        date(int(info["date"][:4]), int(info["date"][4:6]), int(info["date"][6:])),
+                        info["modality"],
+                        len(archive.instances[key]),
+                    ),
+                )
                 for inst in archive.instances[key]:
                     if inst.sop in skip:
                         continue
                     h = hash_instance(inst.path)
                     cur.execute(
                         "INSERT INTO instances (study_instance_uid, sop_instance_uid, series_instance_uid, "
-                        "sop_class_uid, transfer_syntax_uid, size_bytes, number_of_frames, source_pixel_hash, "
-                        "source_raw_hash, source_file_hash, staged_path, target_status, target_ack, loaded_at) "
+                        "sop_class_uid, transfer_syntax_uid, size_bytes, number_of_frames, "
+                        "source_pixel_hash, source_raw_hash, source_file_hash, staged_path, target_status, "
+                        "target_ack, loaded_at) "
                         "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,'loaded',%s, now())",
-                        (inst.study, inst.sop, inst.series, inst.sop_class, h.transfer_syntax_uid, h.size_bytes,
-                         h.number_of_frames, h.pixel_hash, h.raw_hash, h.file_hash, str(inst.path),
-                         json.dumps({"status": "stored", "detail": "HTTP 200"})))
-                    ledger.append_custody(cur, inst.study, "extracted", {"sop_instance_uid": inst.sop,
-                                                                         "file_hash": h.file_hash})
+                        (
+                            inst.study,
+                            inst.sop,
+                            inst.series,
+                            inst.sop_class,
+                            h.transfer_syntax_uid,
+                            h.size_bytes,
+                            h.number_of_frames,
+                            h.pixel_hash,
+                            h.raw_hash,
+                            h.file_hash,
+                            str(inst.path),
+                            json.dumps({"status": "stored", "detail": "HTTP 200"}),
+                        ),
+                    )
+                    ledger.append_custody(
+                        cur, inst.study, "extracted", {"sop_instance_uid": inst.sop, "file_hash": h.file_hash}
+                    )
                     if inst.sop in changes:
-                        ledger.append_custody(cur, inst.study, "transformed",
-                                              {"sop_instance_uid": inst.sop, "changes": changes[inst.sop]})
-                    ledger.append_custody(cur, inst.study, "loaded", {"sop_instance_uid": inst.sop,
-                                                                      "ack": "stored"})
-            for s in (StudyState.QUEUED, StudyState.EXTRACTING, StudyState.EXTRACTED, StudyState.TRANSFORMED,
-                      StudyState.LOADED):
+                        ledger.append_custody(
+                            cur,
+                            inst.study,
+                            "transformed",
+                            {"sop_instance_uid": inst.sop, "changes": changes[inst.sop]},
+                        )
+                    ledger.append_custody(
+                        cur, inst.study, "loaded", {"sop_instance_uid": inst.sop, "ack": "stored"}
+                    )
+            for s in (
+                StudyState.QUEUED,
+                StudyState.EXTRACTING,
+                StudyState.EXTRACTED,
+                StudyState.TRANSFORMED,
+                StudyState.LOADED,
+            ):
                 ledger.set_state(info["uid"], s)
                 if s == state:
                     break
-            if state not in (StudyState.QUEUED, StudyState.EXTRACTING, StudyState.EXTRACTED,
-                             StudyState.TRANSFORMED, StudyState.LOADED):
+            if state not in (
+                StudyState.QUEUED,
+                StudyState.EXTRACTING,
+                StudyState.EXTRACTED,
+                StudyState.TRANSFORMED,
+                StudyState.LOADED,
+            ):
                 ledger.set_state(info["uid"], state)
 
 
@@ -187,7 +247,9 @@ def orthanc_id(server_url: str, sop_uid: str) -> str:
 
 
 def delete_instance(server_url: str, sop_uid: str) -> None:
-    requests.delete(f"{server_url}/instances/{orthanc_id(server_url, sop_uid)}", timeout=10).raise_for_status()
+    requests.delete(
+        f"{server_url}/instances/{orthanc_id(server_url, sop_uid)}", timeout=10
+    ).raise_for_status()
 
 
 def replace_instance(server_url: str, sop_uid: str, data: bytes) -> None:

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from pacsmig.ledger import Ledger
+from pacsmig.plan.strategy import backfill_range
 from tests.conftest import AIRFLOW_DB, PG_ADMIN, legacy_connection_json, target_connection_json
 
 pytestmark = pytest.mark.dags
@@ -113,13 +114,15 @@ def test_scheduler_runs_a_backfill_over_study_dates(airflow_db: str, airflow_con
         stack.cli("dags", "trigger", "pacs_plan", "--conf", json.dumps({"strategy": "prefetch"}))
         assert [r["state"] for r in stack.wait_for_runs("pacs_plan", 1, timeout=300)] == ["success"]
         stack.wait_for_dag("pacs_migrate")
-        stack.cli("backfill", "create", "--dag-id", "pacs_migrate", "--from-date", first_month.isoformat(),
-                  "--to-date", start.isoformat(), "--run-backwards")
+        from_date, to_date = backfill_range(first_month, start)
+        stack.cli("backfill", "create", "--dag-id", "pacs_migrate", "--from-date", from_date.isoformat(),
+                  "--to-date", to_date.isoformat(), "--run-backwards")
         stack.cli("dags", "unpause", "pacs_migrate")
-        months_run = {(first_month.year * 12 + first_month.month + i) for i in range(3)}
-        runs = stack.wait_for_runs("pacs_migrate", len(months_run), timeout=600)
-    backfill = [r for r in runs if str(r["run_id"]).startswith("backfill__")]
-    assert len(backfill) == 3 and {r["state"] for r in backfill} == {"success"}, runs
+        backfill = stack.wait_for_runs("pacs_migrate", 3, timeout=600, prefix="backfill__")
+    assert len(backfill) == 3 and {r["state"] for r in backfill} == {"success"}, backfill
+    assert sorted(str(r["logical_date"])[:10] for r in backfill) == [
+        date(first_month.year + (first_month.month + i - 1) // 12, (first_month.month + i - 1) % 12 + 1, 1
+             ).isoformat() for i in range(3)]
     st = states(dsn)
     assert {u for u in window if st[u] in ("loaded", "held")} == window
     assert all(st[s.study_instance_uid] == "queued" for s in truth.studies if s.study_instance_uid not in window)

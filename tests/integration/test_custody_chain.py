@@ -7,7 +7,6 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-
 from pacsmig.custody import chain
 from pacsmig.custody.cli import main as custody_main
 from pacsmig.ledger import GENESIS_HASH, Ledger, custody_entry_hash
@@ -47,8 +46,9 @@ def _verify(dsn: str, anchors: list[chain.Anchor] | None = None) -> chain.ChainR
         return chain.verify_chain(ledger, anchors)
 
 
-def test_intact_chain_verifies_and_cli_exits_zero(ledger_dsn: str, capsys: pytest.CaptureFixture[str],
-                                                  tmp_path: Path) -> None:
+def test_intact_chain_verifies_and_cli_exits_zero(
+    ledger_dsn: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     _fill(ledger_dsn)
     report = _verify(ledger_dsn)
     assert report.ok and report.entries == 6
@@ -112,10 +112,20 @@ def test_altered_and_rehashed_entry_breaks_the_link(ledger_dsn: str) -> None:
     _fill(ledger_dsn)
     with Ledger(ledger_dsn) as ledger:
         row = ledger.query("SELECT * FROM custody ORDER BY seq OFFSET 2 LIMIT 1")[0]
-    forged = custody_entry_hash(row["prev_hash"], row["seq"], row["study_instance_uid"], "forged", row["actor"],
-                                row["details"], row["created_at"])
-    _tamper(ledger_dsn, "UPDATE custody SET event = 'forged', entry_hash = %s WHERE seq = %s",
-            (forged, row["seq"]))
+    forged = custody_entry_hash(
+        row["prev_hash"],
+        row["seq"],
+        row["study_instance_uid"],
+        "forged",
+        row["actor"],
+        row["details"],
+        row["created_at"],
+    )
+    _tamper(
+        ledger_dsn,
+        "UPDATE custody SET event = 'forged', entry_hash = %s WHERE seq = %s",
+        (forged, row["seq"]),
+    )
     report = _verify(ledger_dsn)
     assert report.problems[0].kind == "removed"  # the next entry chains to the original hash
     assert f"seq {row['seq']}" in report.problems[0].message
@@ -132,9 +142,12 @@ def test_inserted_entry_is_named(ledger_dsn: str) -> None:
     # A forger who knows the algorithm inserts a well-formed entry into the gap.
     created = before["created_at"]
     entry = custody_entry_hash(before["entry_hash"], gap, "1.2.3.0", "loaded", "forger", {}, created)
-    _tamper(ledger_dsn, "INSERT INTO custody (seq, study_instance_uid, event, actor, details, created_at, "
-            "prev_hash, entry_hash) VALUES (%s, '1.2.3.0', 'loaded', 'forger', '{}', %s, %s, %s)",
-            (gap, created, before["entry_hash"], entry))
+    _tamper(
+        ledger_dsn,
+        "INSERT INTO custody (seq, study_instance_uid, event, actor, details, created_at, "
+        "prev_hash, entry_hash) VALUES (%s, '1.2.3.0', 'loaded', 'forger', '{}', %s, %s, %s)",
+        (gap, created, before["entry_hash"], entry),
+    )
     report = _verify(ledger_dsn)
     assert (report.problems[0].seq, report.problems[0].kind) == (gap, "inserted")
 
@@ -156,8 +169,9 @@ def test_deleted_first_entry_is_caught(ledger_dsn: str) -> None:
     assert report.problems[0].kind == "removed" and "genesis" in report.problems[0].message
 
 
-def test_truncated_tail_is_caught_by_the_anchor_file(ledger_dsn: str, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_truncated_tail_is_caught_by_the_anchor_file(
+    ledger_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _fill(ledger_dsn, 4)
     anchors_file = tmp_path / "anchors.jsonl"
     with Ledger(ledger_dsn) as ledger:

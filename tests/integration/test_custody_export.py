@@ -9,29 +9,43 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from validate_arrange import make_archive, record_migrated
-
 from pacsmig.config import ConnectionSpec, DicomNode
 from pacsmig.custody import syslog
 from pacsmig.custody.cli import main as custody_main
 from pacsmig.custody.evidence import build_bundle, verify_bundle, write_bundle
 from pacsmig.custody.export import export_studies, study_records, to_dicom_xml, to_fhir, validate_dicom_xml
 from pacsmig.ledger import Ledger
+from validate_arrange import make_archive, record_migrated
 
 pytestmark = pytest.mark.integration
 
 SOURCE = DicomNode(host="10.1.2.3", port=104, ae_title="LEGACY", calling_ae_title="PACSMIG")
-TARGET = ConnectionSpec("target_archive", "http", "vna.example", 8042, schema="http",
-                        extra={"dicomweb_path": "/dicom-web"})
+TARGET = ConnectionSpec(
+    "target_archive", "http", "vna.example", 8042, schema="http", extra={"dicomweb_path": "/dicom-web"}
+)
 
 
 @pytest.fixture
 def migrated(ledger_dsn: str, tmp_path: Path):  # noqa: ANN201
     archive = make_archive(tmp_path / "archive")
     mr = archive.instances["mr"][0]
-    record_migrated(ledger_dsn, archive, changes={mr.sop: [
-        {"tag": "(0010,0020)", "keyword": "PatientID", "action": "replace", "old": "PAT2", "new": "MPI-2",
-         "rule_id": "mpi", "reason": "MPI crosswalk"}]})
+    record_migrated(
+        ledger_dsn,
+        archive,
+        changes={
+            mr.sop: [
+                {
+                    "tag": "(0010,0020)",
+                    "keyword": "PatientID",
+                    "action": "replace",
+                    "old": "PAT2",
+                    "new": "MPI-2",
+                    "rule_id": "mpi",
+                    "reason": "MPI crosswalk",
+                }
+            ]
+        },
+    )
     return archive
 
 
@@ -45,16 +59,23 @@ def test_audit_messages_follow_the_standard(migrated, ledger_dsn: str) -> None:
         assert validate_dicom_xml(text) == []
         root = ET.fromstring(text.split("\n", 1)[1])
         assert root.find("EventIdentification/EventID").get("codeSystemName") == "DCM"
-        roles = {ap.find("RoleIDCode").get("csd-code"): ap.get("UserID")
-                 for ap in root.findall("ActiveParticipant") if ap.find("RoleIDCode") is not None}
+        roles = {
+            ap.find("RoleIDCode").get("csd-code"): ap.get("UserID")
+            for ap in root.findall("ActiveParticipant")
+            if ap.find("RoleIDCode") is not None
+        }
         assert roles == {"110153": "LEGACY", "110152": "http://vna.example:8042/dicom-web"}
         requestor = [ap for ap in root.findall("ActiveParticipant") if ap.get("UserIsRequestor") == "true"]
         assert [ap.get("UserID") for ap in requestor] == ["PACSMIG"]
-        objects = {po.find("ParticipantObjectIDTypeCode").get("csd-code"): po
-                   for po in root.findall("ParticipantObjectIdentification")}
+        objects = {
+            po.find("ParticipantObjectIDTypeCode").get("csd-code"): po
+            for po in root.findall("ParticipantObjectIdentification")
+        }
         assert objects["110180"].get("ParticipantObjectID") == ct
-        assert (objects["110180"].get("ParticipantObjectTypeCode"),
-                objects["110180"].get("ParticipantObjectTypeCodeRole")) == ("2", "3")
+        assert (
+            objects["110180"].get("ParticipantObjectTypeCode"),
+            objects["110180"].get("ParticipantObjectTypeCodeRole"),
+        ) == ("2", "3")
         sop = objects["110180"].find("ParticipantObjectDescription/SOPClass")
         assert (sop.get("UID"), sop.get("NumberOfInstances")) == ("1.2.840.10008.5.1.4.1.1.2", "3")
         assert objects["2"].get("ParticipantObjectID") == "PAT1"
@@ -69,7 +90,9 @@ def test_schema_rejects_a_malformed_message(migrated, ledger_dsn: str) -> None:
     text = to_dicom_xml(record)
     broken = text.replace('EventOutcomeIndicator="0"', 'EventOutcomeIndicator="3"')
     assert validate_dicom_xml(broken)
-    reordered = text.replace("<AuditSourceIdentification", "<X").replace("</AuditSourceIdentification>", "</X>")
+    reordered = text.replace("<AuditSourceIdentification", "<X").replace(
+        "</AuditSourceIdentification>", "</X>"
+    )
     assert validate_dicom_xml(reordered)
 
 
@@ -78,8 +101,11 @@ def test_fhir_auditevent_r4_shape(migrated, ledger_dsn: str) -> None:
         records = study_records(ledger, migrated.studies["us"]["uid"], SOURCE, TARGET)
     event = to_fhir(records[1])
     assert event["resourceType"] == "AuditEvent"
-    assert event["type"] == {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110104",
-                             "display": "DICOM Instances Transferred"}
+    assert event["type"] == {
+        "system": "http://dicom.nema.org/resources/ontology/DCM",
+        "code": "110104",
+        "display": "DICOM Instances Transferred",
+    }
     assert event["action"] == "C" and event["outcome"] == "0" and event["recorded"].endswith("+00:00")
     assert all(isinstance(a["requestor"], bool) for a in event["agent"])
     assert {a["type"]["coding"][0]["code"] for a in event["agent"] if "type" in a} == {"110152", "110153"}
@@ -100,13 +126,17 @@ def test_export_files_and_cli(migrated, ledger_dsn: str, tmp_path: Path) -> None
     with Ledger(ledger_dsn) as ledger:
         again = export_studies(ledger, uids, tmp_path / "audit2", SOURCE, TARGET)
     assert Path(again["xml"][0]).read_text() == first
-    assert custody_main(["--dsn", ledger_dsn, "export", "--study", uids[0], "--out", str(tmp_path / "cli")]) == 0
+    assert (
+        custody_main(["--dsn", ledger_dsn, "export", "--study", uids[0], "--out", str(tmp_path / "cli")]) == 0
+    )
     assert len(list((tmp_path / "cli").glob("*.xml"))) == 2
 
 
 def test_syslog_over_tcp_with_octet_counting(migrated, ledger_dsn: str, tmp_path: Path) -> None:
     with Ledger(ledger_dsn) as ledger:
-        texts = export_studies(ledger, [migrated.studies["mr"]["uid"]], tmp_path / "a", SOURCE, TARGET)["texts"]
+        texts = export_studies(ledger, [migrated.studies["mr"]["uid"]], tmp_path / "a", SOURCE, TARGET)[
+            "texts"
+        ]
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     received = bytearray()

@@ -67,26 +67,42 @@ def primary_modality(modalities: Iterable[str]) -> str | None:
 
 
 def size_profile(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per-modality size statistics of sampled instances.
+    """Per-modality bytes per instance of sampled instances, weighted by the size of their series.
+
+    A sampled series stands for all its instances: the mean for a modality is
+    ``sum(series_instances * mean sample size in the series) / sum(series_instances)``, so a
+    one-image study and a 500-image CT series do not weigh the same. Without ``series_instances``
+    (or where it is 0) every sample weighs 1.
 
     Parameters
     ----------
     samples
-        One row per retrieved instance with at least ``modality`` and ``size_bytes``.
+        One row per retrieved instance: ``modality``, ``size_bytes``, optionally
+        ``series_instance_uid`` and ``series_instances``.
 
     Returns
     -------
     pandas.DataFrame
-        Indexed by modality: ``n`` (instances sampled), ``mean_bytes``, ``min_bytes``, ``max_bytes``.
+        Indexed by modality: ``n`` (instances sampled), ``mean_bytes`` (weighted), ``min_bytes``,
+        ``max_bytes``.
     """
+    columns = ["n", "mean_bytes", "min_bytes", "max_bytes"]
     if samples.empty:
-        return pd.DataFrame(columns=["n", "mean_bytes", "min_bytes", "max_bytes"],
-                            index=pd.Index([], name="modality"))
-    grouped = samples.groupby("modality")["size_bytes"]
-    out = pd.DataFrame({"n": grouped.size(), "mean_bytes": grouped.mean(), "min_bytes": grouped.min(),
-                        "max_bytes": grouped.max()})
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="modality"))
+    frame = samples.copy()
+    if "series_instance_uid" not in frame:
+        frame["series_instance_uid"] = range(len(frame))
+    weight = frame["series_instances"] if "series_instances" in frame else pd.Series(1, index=frame.index)
+    frame["weight"] = weight.fillna(0).astype("float64").where(lambda w: w > 0, 1.0)
+    per_series = frame.groupby(["modality", "series_instance_uid"]).agg(
+        mean=("size_bytes", "mean"), weight=("weight", "first"))
+    per_series["product"] = per_series["mean"] * per_series["weight"]
+    sums = per_series.groupby("modality")[["product", "weight"]].sum()
+    grouped = frame.groupby("modality")["size_bytes"]
+    out = pd.DataFrame({"n": grouped.size(), "mean_bytes": sums["product"] / sums["weight"],
+                        "min_bytes": grouped.min(), "max_bytes": grouped.max()})
     out.index.name = "modality"
-    return out
+    return out[columns]
 
 
 def estimate_bytes(inventory: pd.DataFrame, samples: pd.DataFrame) -> tuple[pd.Series, dict[str, dict]]:
@@ -126,7 +142,8 @@ def bytes_method_text(provenance: dict[str, dict]) -> str:
     sampled = sorted(m for m, p in provenance.items() if p["method"] == "sampled")
     nominal = sorted(m for m, p in provenance.items() if p["method"] == "nominal")
     text = ("Estimated, not measured: for each study, its instance count (from C-FIND) times the mean "
-            "Part-10 size of instances retrieved as a sample for the study's primary modality")
+            "Part-10 size per instance of the samples retrieved for the study's primary modality "
+            "(each sampled series weighted by its instance count)")
     if sampled:
         text += " (sampled: " + ", ".join(
             f"{m} n={provenance[m]['instances_sampled']}" for m in sampled) + ")"

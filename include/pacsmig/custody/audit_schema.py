@@ -63,7 +63,9 @@ AUDIT_MESSAGE_RNG = """<?xml version="1.0" encoding="UTF-8"?>
   </define>
 
   <define name="DICOMObjectDescriptionContents">
-    <zeroOrMore><element name="MPPS"><attribute name="UID"><data type="token"/></attribute></element></zeroOrMore>
+    <zeroOrMore><element name="MPPS">
+      <attribute name="UID"><data type="token"/></attribute>
+    </element></zeroOrMore>
     <zeroOrMore><element name="Accession">
       <attribute name="Number"><data type="token"/></attribute>
     </element></zeroOrMore>
@@ -119,7 +121,9 @@ AUDIT_MESSAGE_RNG = """<?xml version="1.0" encoding="UTF-8"?>
   <define name="message">
     <element name="AuditMessage">
       <element name="EventIdentification"><ref name="EventIdentificationContents"/></element>
-      <oneOrMore><element name="ActiveParticipant"><ref name="ActiveParticipantContents"/></element></oneOrMore>
+      <oneOrMore><element name="ActiveParticipant">
+        <ref name="ActiveParticipantContents"/>
+      </element></oneOrMore>
       <element name="AuditSourceIdentification"><ref name="AuditSourceIdentificationContents"/></element>
       <zeroOrMore><element name="ParticipantObjectIdentification">
         <ref name="ParticipantObjectIdentificationContents"/>

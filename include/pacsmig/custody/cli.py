@@ -32,14 +32,22 @@ def _optional(getter: str) -> object:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pacsmig custody")
-    parser.add_argument("--dsn", default=None, help="ledger PostgreSQL URI (default: connection migration_ledger)")
+    parser.add_argument(
+        "--dsn", default=None, help="ledger PostgreSQL URI (default: connection migration_ledger)"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     verify = sub.add_parser("verify", help="re-walk the hash chain; non-zero at the first bad entry")
-    verify.add_argument("--anchors", type=Path, default=None,
-                        help="anchor file (default: $PACSMIG_DATA_DIR/validation/custody_anchors.jsonl)")
+    verify.add_argument(
+        "--anchors",
+        type=Path,
+        default=None,
+        help="anchor file (default: $PACSMIG_DATA_DIR/validation/custody_anchors.jsonl)",
+    )
     verify.add_argument("--no-anchors", action="store_true", help="check the chain only")
-    for name, help_ in (("export", "DICOM audit messages (XML) and FHIR AuditEvent NDJSON"),
-                        ("evidence", "per-study evidence bundle (JSON with its own digest)")):
+    for name, help_ in (
+        ("export", "DICOM audit messages (XML) and FHIR AuditEvent NDJSON"),
+        ("evidence", "per-study evidence bundle (JSON with its own digest)"),
+    ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--study", action="append", help="study UID (repeatable); default: the range")
         p.add_argument("--date-from")

@@ -35,17 +35,35 @@ def build_bundle(ledger: Ledger, study_instance_uid: str) -> dict[str, Any]:
                   v.status AS verification, v.target_pixel_hash, v.target_raw_hash, v.target_frames,
                   v.target_transfer_syntax, v.detail AS verification_detail, v.checked_at
            FROM instances i LEFT JOIN verification v USING (study_instance_uid, sop_instance_uid)
-           WHERE i.study_instance_uid = %s ORDER BY i.sop_instance_uid""", (study_instance_uid,))
-    custody = ledger.query("SELECT seq, event, actor, details, created_at, prev_hash, entry_hash FROM custody "
-                           "WHERE study_instance_uid = %s ORDER BY seq", (study_instance_uid,))
+           WHERE i.study_instance_uid = %s ORDER BY i.sop_instance_uid""",
+        (study_instance_uid,),
+    )
+    custody = ledger.query(
+        "SELECT seq, event, actor, details, created_at, prev_hash, entry_hash FROM custody "
+        "WHERE study_instance_uid = %s ORDER BY seq",
+        (study_instance_uid,),
+    )
     changes = [{"seq": e["seq"], **(e["details"] or {})} for e in custody if e["event"] == "transformed"]
     acks = [{"seq": e["seq"], **(e["details"] or {})} for e in custody if e["event"] == "loaded"]
-    quarantine = ledger.query("SELECT sop_instance_uid, reason, detail, file_hash, created_at FROM quarantine "
-                              "WHERE study_instance_uid = %s ORDER BY id", (study_instance_uid,))
+    quarantine = ledger.query(
+        "SELECT sop_instance_uid, reason, detail, file_hash, created_at FROM quarantine "
+        "WHERE study_instance_uid = %s ORDER BY id",
+        (study_instance_uid,),
+    )
     bundle: dict[str, Any] = {
         "bundle_version": BUNDLE_VERSION,
-        "study": {k: study.get(k) for k in ("study_instance_uid", "accession_number", "study_date", "modalities",
-                                            "state", "reason", "expected_instances")},
+        "study": {
+            k: study.get(k)
+            for k in (
+                "study_instance_uid",
+                "accession_number",
+                "study_date",
+                "modalities",
+                "state",
+                "reason",
+                "expected_instances",
+            )
+        },
         "instances": instances,
         "applied_changes": changes,
         "target_acknowledgements": acks,

@@ -90,41 +90,79 @@ def _target_participant(target: ConnectionSpec | None) -> Participant:
     if target is None:
         return Participant("target_archive", DESTINATION_ROLE, False)
     if target.conn_type == "dicom":
-        return Participant(str(target.extra.get("ae_title") or target.conn_id), DESTINATION_ROLE, False,
-                           target.host)
+        return Participant(
+            str(target.extra.get("ae_title") or target.conn_id), DESTINATION_ROLE, False, target.host
+        )
     if target.conn_type in ("http", "https"):
         port = f":{target.port}" if target.port else ""
         url = f"{target.schema or 'http'}://{target.host}{port}{target.extra.get('dicomweb_path', '')}"
         return Participant(url, DESTINATION_ROLE, False, target.host)
     bucket = target.extra.get("bucket", "")
-    return Participant(f"s3://{bucket}/{target.extra.get('prefix', '')}", DESTINATION_ROLE, False,
-                       urlsplit(str(target.extra.get("endpoint_url", ""))).hostname or "")
+    return Participant(
+        f"s3://{bucket}/{target.extra.get('prefix', '')}",
+        DESTINATION_ROLE,
+        False,
+        urlsplit(str(target.extra.get("endpoint_url", ""))).hostname or "",
+    )
 
 
-def study_records(ledger: Ledger, study_instance_uid: str, source: DicomNode | None = None,
-                  target: ConnectionSpec | None = None) -> list[AuditRecord]:
+def study_records(
+    ledger: Ledger,
+    study_instance_uid: str,
+    source: DicomNode | None = None,
+    target: ConnectionSpec | None = None,
+) -> list[AuditRecord]:
     """The audit events of one study, from its custody entries (none if it never moved)."""
     study = ledger.study(study_instance_uid)
     if study is None:
         raise CustodyError(f"unknown study {study_instance_uid}")
-    entries = ledger.query("SELECT seq, event, actor, details, created_at FROM custody "
-                           "WHERE study_instance_uid = %s ORDER BY seq", (study_instance_uid,))
-    classes = Counter({r["sop_class_uid"] or "": int(r["n"]) for r in ledger.query(
-        "SELECT sop_class_uid, count(*) AS n FROM instances WHERE study_instance_uid = %s "
-        "AND target_status <> 'quarantined' GROUP BY sop_class_uid", (study_instance_uid,))})
-    src = Participant(source.ae_title if source else "legacy_pacs", SOURCE_ROLE, False,
-                      source.host if source else "")
+    entries = ledger.query(
+        "SELECT seq, event, actor, details, created_at FROM custody "
+        "WHERE study_instance_uid = %s ORDER BY seq",
+        (study_instance_uid,),
+    )
+    classes = Counter(
+        {
+            r["sop_class_uid"] or "": int(r["n"])
+            for r in ledger.query(
+                "SELECT sop_class_uid, count(*) AS n FROM instances WHERE study_instance_uid = %s "
+                "AND target_status <> 'quarantined' GROUP BY sop_class_uid",
+                (study_instance_uid,),
+            )
+        }
+    )
+    src = Participant(
+        source.ae_title if source else "legacy_pacs", SOURCE_ROLE, False, source.host if source else ""
+    )
     dst = _target_participant(target)
     patient = study.get("mpi_patient_id") or study.get("patient_id") or ""
     records: list[AuditRecord] = []
 
-    def add(entry: dict[str, Any], event: tuple[str, str], action: str, outcome: str = "0",
-            description: str = "") -> None:
-        me = Participant(source.calling_ae_title if source else config.DEFAULT_CALLING_AE, None, True,
-                         socket.gethostname(), entry["actor"])
-        records.append(AuditRecord(event, action, entry["created_at"], outcome, study_instance_uid,
-                                   study.get("accession_number") or "", patient, dict(sorted(classes.items())),
-                                   (src, dst, me), int(entry["seq"]), description))
+    def add(
+        entry: dict[str, Any], event: tuple[str, str], action: str, outcome: str = "0", description: str = ""
+    ) -> None:
+        me = Participant(
+            source.calling_ae_title if source else config.DEFAULT_CALLING_AE,
+            None,
+            True,
+            socket.gethostname(),
+            entry["actor"],
+        )
+        records.append(
+            AuditRecord(
+                event,
+                action,
+                entry["created_at"],
+                outcome,
+                study_instance_uid,
+                study.get("accession_number") or "",
+                patient,
+                dict(sorted(classes.items())),
+                (src, dst, me),
+                int(entry["seq"]),
+                description,
+            )
+        )
 
     begin = next((e for e in entries if e["event"] in ("state:extracting", "extracted")), None)
     if begin is not None:
@@ -141,15 +179,23 @@ def study_records(ledger: Ledger, study_instance_uid: str, source: DicomNode | N
 
 # --- DICOM audit message XML -------------------------------------------------------------------
 def _code(parent: ET.Element, tag: str, code: tuple[str, str], system: str = DCM) -> ET.Element:
-    return ET.SubElement(parent, tag, {"csd-code": code[0], "codeSystemName": system, "originalText": code[1]})
+    return ET.SubElement(
+        parent, tag, {"csd-code": code[0], "codeSystemName": system, "originalText": code[1]}
+    )
 
 
 def to_dicom_xml(record: AuditRecord) -> str:
     """The record as a PS3.15 A.5 ``AuditMessage`` (element order as the schema requires)."""
     root = ET.Element("AuditMessage")
-    ev = ET.SubElement(root, "EventIdentification", {
-        "EventActionCode": record.action, "EventDateTime": record.when.astimezone(UTC).isoformat(),
-        "EventOutcomeIndicator": record.outcome})
+    ev = ET.SubElement(
+        root,
+        "EventIdentification",
+        {
+            "EventActionCode": record.action,
+            "EventDateTime": record.when.astimezone(UTC).isoformat(),
+            "EventOutcomeIndicator": record.outcome,
+        },
+    )
     _code(ev, "EventID", record.event)
     if record.outcome_description:
         ET.SubElement(ev, "EventOutcomeDescription").text = record.outcome_description
@@ -165,13 +211,25 @@ def to_dicom_xml(record: AuditRecord) -> str:
     src = ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": record.source_id})
     ET.SubElement(src, "AuditSourceTypeCode", {"csd-code": AUDIT_SOURCE_TYPE})
     if record.patient_id:
-        po = ET.SubElement(root, "ParticipantObjectIdentification", {
-            "ParticipantObjectID": record.patient_id, "ParticipantObjectTypeCode": "1",
-            "ParticipantObjectTypeCodeRole": "1"})
+        po = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": record.patient_id,
+                "ParticipantObjectTypeCode": "1",
+                "ParticipantObjectTypeCodeRole": "1",
+            },
+        )
         _code(po, "ParticipantObjectIDTypeCode", ("2", "Patient Number"), "RFC-3881")
-    po = ET.SubElement(root, "ParticipantObjectIdentification", {
-        "ParticipantObjectID": record.study_instance_uid, "ParticipantObjectTypeCode": "2",
-        "ParticipantObjectTypeCodeRole": "3"})
+    po = ET.SubElement(
+        root,
+        "ParticipantObjectIdentification",
+        {
+            "ParticipantObjectID": record.study_instance_uid,
+            "ParticipantObjectTypeCode": "2",
+            "ParticipantObjectTypeCodeRole": "3",
+        },
+    )
     _code(po, "ParticipantObjectIDTypeCode", STUDY_UID_TYPE)
     desc = ET.SubElement(po, "ParticipantObjectDescription")
     if record.accession_number:
@@ -212,38 +270,73 @@ def to_fhir(record: AuditRecord) -> dict[str, Any]:
         agents.append(agent)
     entities: list[dict[str, Any]] = []
     if record.patient_id:
-        entities.append({
-            "what": {"identifier": {"value": record.patient_id}},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1",
-                     "display": "Person"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
-                     "display": "Patient"}})
+        entities.append(
+            {
+                "what": {"identifier": {"value": record.patient_id}},
+                "type": {
+                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "code": "1",
+                    "display": "Person",
+                },
+                "role": {
+                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                    "code": "1",
+                    "display": "Patient",
+                },
+            }
+        )
     study: dict[str, Any] = {
         "what": {"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{record.study_instance_uid}"}},
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2",
-                 "display": "System Object"},
-        "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "3", "display": "Report"},
-        "detail": [{"type": "SOPClass", "valueString": f"{uid} x{n}"} for uid, n in record.sop_classes.items()]}
+        "type": {
+            "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+            "code": "2",
+            "display": "System Object",
+        },
+        "role": {
+            "system": "http://terminology.hl7.org/CodeSystem/object-role",
+            "code": "3",
+            "display": "Report",
+        },
+        "detail": [
+            {"type": "SOPClass", "valueString": f"{uid} x{n}"} for uid, n in record.sop_classes.items()
+        ],
+    }
     if record.accession_number:
         study["detail"].insert(0, {"type": "AccessionNumber", "valueString": record.accession_number})
     entities.append(study)
     resource: dict[str, Any] = {
-        "resourceType": "AuditEvent", "id": record.id,
+        "resourceType": "AuditEvent",
+        "id": record.id,
         "type": {"system": FHIR_DCM, "code": record.event[0], "display": record.event[1]},
-        "action": record.action, "recorded": record.when.astimezone(UTC).isoformat(),
-        "outcome": record.outcome, "agent": agents,
-        "source": {"observer": {"display": record.source_id},
-                   "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                             "code": AUDIT_SOURCE_TYPE, "display": "Application Server"}]},
-        "entity": entities}
+        "action": record.action,
+        "recorded": record.when.astimezone(UTC).isoformat(),
+        "outcome": record.outcome,
+        "agent": agents,
+        "source": {
+            "observer": {"display": record.source_id},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": AUDIT_SOURCE_TYPE,
+                    "display": "Application Server",
+                }
+            ],
+        },
+        "entity": entities,
+    }
     if record.outcome_description:
         resource["outcomeDesc"] = record.outcome_description
     return resource
 
 
 # --- writing ----------------------------------------------------------------------------------
-def export_studies(ledger: Ledger, study_uids: list[str], out_dir: Path, source: DicomNode | None = None,
-                   target: ConnectionSpec | None = None) -> dict[str, Any]:
+def export_studies(
+    ledger: Ledger,
+    study_uids: list[str],
+    out_dir: Path,
+    source: DicomNode | None = None,
+    target: ConnectionSpec | None = None,
+) -> dict[str, Any]:
     """Write ``<study>.<event id>.xml`` per event and ``auditevents.ndjson`` for all of them.
 
     Returns counts, paths and the records' XML texts (for a syslog sender).
@@ -261,5 +354,10 @@ def export_studies(ledger: Ledger, study_uids: list[str], out_dir: Path, source:
                 xml_paths.append(str(path))
                 messages.append(text)
                 fh.write(json.dumps(to_fhir(record), sort_keys=True, separators=(",", ":")) + "\n")
-    return {"studies": len(study_uids), "messages": len(messages), "xml": xml_paths, "ndjson": str(ndjson),
-            "texts": messages}
+    return {
+        "studies": len(study_uids),
+        "messages": len(messages),
+        "xml": xml_paths,
+        "ndjson": str(ndjson),
+        "texts": messages,
+    }

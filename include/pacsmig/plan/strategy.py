@@ -9,8 +9,9 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,21 @@ class Plan:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
+
+
+def backfill_range(dmin: date, dmax: date, cron: str = "@monthly") -> tuple[date, date]:
+    """``--from-date/--to-date`` covering study dates ``dmin..dmax`` with pacs_migrate's data-interval
+    timetable: a backfill selects runs by their run-after (= the interval's END), so the range is
+    the end of the partition holding ``dmin`` through the end of the one holding ``dmax``."""
+    if cron in ("@daily", "0 0 * * *"):
+        return dmin + timedelta(days=1), dmax + timedelta(days=1)
+    if cron in ("@yearly", "@annually"):
+        return date(dmin.year + 1, 1, 1), date(dmax.year + 1, 1, 1)
+
+    def next_month(d: date) -> date:
+        return date(d.year + d.month // 12, d.month % 12 + 1, 1)
+
+    return next_month(dmin), next_month(dmax)
 
 
 def measured_throughput(ledger: Ledger) -> float | None:
@@ -115,8 +131,9 @@ def build_plan(ledger: Ledger, strategy: Strategy | str, *, throughput_images_pe
     commands: list[str] = []
     notes: list[str] = []
     if dmin and dmax:
-        backfill = (f"airflow backfill create --dag-id pacs_migrate --from-date {dmin.isoformat()} "
-                    f"--to-date {dmax.isoformat()}")
+        start, end = backfill_range(dmin, dmax, os.environ.get("PACSMIG_PARTITION_CRON", "@monthly"))
+        backfill = (f"airflow backfill create --dag-id pacs_migrate --from-date {start.isoformat()} "
+                    f"--to-date {end.isoformat()}")
         if strategy is Strategy.PREFETCH:
             backfill += " --run-backwards"
             notes.append("Live cutover: the new archive takes new studies now; pacs_prefetch pulls the "

@@ -8,6 +8,7 @@ process boundary and the decoders run on every core.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -199,7 +200,7 @@ def verify_tasks(conn: ConnectionSpec, tasks: Sequence[InstanceTask], workers: i
     results: list[InstanceResult] = []
     if not tasks:
         return results
-    if workers == 0 or len(tasks) <= chunk_size:
+    if workers == 0 or len(tasks) < 2 * workers:
         for chunk in _chunks(tasks, chunk_size):
             done = verify_chunk(conn, chunk)
             results.extend(done)
@@ -208,8 +209,9 @@ def verify_tasks(conn: ConnectionSpec, tasks: Sequence[InstanceTask], workers: i
         return results
     # spawn: a fresh interpreter per worker, safe inside threaded hosts (Airflow's task runner).
     context = multiprocessing.get_context("spawn")
+    size = max(1, min(chunk_size, math.ceil(len(tasks) / workers)))
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(verify_chunk, conn, list(chunk)) for chunk in _chunks(tasks, chunk_size)]
+        futures = [pool.submit(verify_chunk, conn, list(chunk)) for chunk in _chunks(tasks, size)]
         for future in futures:
             done = future.result()
             results.extend(done)

@@ -33,8 +33,14 @@ TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
 PRESENTATION_STATE_PREFIX = "1.2.840.10008.5.1.4.1.1.11."
 KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 #: Attributes compared instance by instance in the sample (display and timing of cine loops).
-DISPLAY_KEYWORDS = ("NumberOfFrames", "FrameTime", "CineRate", "FrameTimeVector", "WindowCenter",
-                    "WindowWidth")
+DISPLAY_KEYWORDS = (
+    "NumberOfFrames",
+    "FrameTime",
+    "CineRate",
+    "FrameTimeVector",
+    "WindowCenter",
+    "WindowWidth",
+)
 _NON_IMAGING = {"SR", "KO", "PR", "DOC", "OT", ""}
 ELIGIBLE_STATES = ("verified", "review", "loaded")
 
@@ -68,7 +74,8 @@ def study_features(ledger: Ledger, study_uids: list[str], large_series: int = 10
     rows = ledger.query(
         "SELECT study_instance_uid, sop_class_uid, number_of_frames, staged_path FROM instances "
         "WHERE study_instance_uid = ANY(%s) AND (sop_class_uid = %s OR number_of_frames > 1)",
-        (study_uids, TOMOSYNTHESIS))
+        (study_uids, TOMOSYNTHESIS),
+    )
     for row in rows:
         uid = row["study_instance_uid"]
         if row["sop_class_uid"] == TOMOSYNTHESIS:
@@ -76,9 +83,10 @@ def study_features(ledger: Ledger, study_uids: list[str], large_series: int = 10
         elif (row["number_of_frames"] or 0) > 1 and "cine" not in features[uid]:
             features[uid].add("cine" if _has_cine_timing(row["staged_path"]) else "multiframe")
     for row in ledger.query(
-            "SELECT study_instance_uid FROM instances WHERE study_instance_uid = ANY(%s) "
-            "GROUP BY study_instance_uid, series_instance_uid HAVING count(*) >= %s",
-            (study_uids, large_series)):
+        "SELECT study_instance_uid FROM instances WHERE study_instance_uid = ANY(%s) "
+        "GROUP BY study_instance_uid, series_instance_uid HAVING count(*) >= %s",
+        (study_uids, large_series),
+    ):
         features[row["study_instance_uid"]].add("large_series")
     for uid in features:
         if "cine" in features[uid]:
@@ -89,8 +97,9 @@ def study_features(ledger: Ledger, study_uids: list[str], large_series: int = 10
 def _has_cine_timing(path: str | None) -> bool:
     if not path or not Path(path).exists():
         return False
-    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
-                         specific_tags=["FrameTime", "CineRate", "FrameTimeVector"])
+    ds = pydicom.dcmread(
+        path, stop_before_pixels=True, force=True, specific_tags=["FrameTime", "CineRate", "FrameTimeVector"]
+    )
     return any(k in ds for k in ("FrameTime", "CineRate", "FrameTimeVector"))
 
 
@@ -106,8 +115,14 @@ def _largest_remainder(sizes: dict[str, int], slots: int) -> dict[str, int]:
     return {k: min(q, sizes[k]) for k, q in quota.items()}
 
 
-def select_sample(ledger: Ledger, scope: Scope, fraction: float = 0.10, seed: int = 0,
-                  large_series: int = 100, complex_share: float = 0.5) -> list[SampleEntry]:
+def select_sample(
+    ledger: Ledger,
+    scope: Scope,
+    fraction: float = 0.10,
+    seed: int = 0,
+    large_series: int = 100,
+    complex_share: float = 0.5,
+) -> list[SampleEntry]:
     """Draw the sample among the migrated studies of ``scope`` (reproducible for a given seed).
 
     Parameters
@@ -126,7 +141,9 @@ def select_sample(ledger: Ledger, scope: Scope, fraction: float = 0.10, seed: in
     where, params = scope.sql("s")
     studies = ledger.query(
         f"SELECT study_instance_uid, accession_number, study_date, modalities FROM studies s "
-        f"WHERE {where} AND s.state = ANY(%s) ORDER BY study_instance_uid", [*params, list(ELIGIBLE_STATES)])
+        f"WHERE {where} AND s.state = ANY(%s) ORDER BY study_instance_uid",
+        [*params, list(ELIGIBLE_STATES)],
+    )
     if not studies:
         return []
     rng = random.Random(seed)
@@ -166,8 +183,17 @@ def select_sample(ledger: Ledger, scope: Scope, fraction: float = 0.10, seed: in
     for uid in sorted(chosen):
         s = info[uid]
         modality, year = stratum(uid)
-        out.append(SampleEntry(uid, s["accession_number"] or "", str(s["study_date"] or ""), modality,
-                               f"{modality}/{year}", chosen[uid], sorted(features.get(uid, ()))))
+        out.append(
+            SampleEntry(
+                uid,
+                s["accession_number"] or "",
+                str(s["study_date"] or ""),
+                modality,
+                f"{modality}/{year}",
+                chosen[uid],
+                sorted(features.get(uid, ())),
+            )
+        )
     return out
 
 
@@ -176,9 +202,11 @@ def record_sample(ledger: Ledger, entries: list[SampleEntry]) -> int:
     with ledger.transaction() as cur:
         inserted = 0
         for e in entries:
-            cur.execute("INSERT INTO review_sample (study_instance_uid, stratum, reason, signoff_state) "
-                        "VALUES (%s, %s, %s, 'pending') ON CONFLICT (study_instance_uid) DO NOTHING",
-                        (e.study_instance_uid, e.stratum, e.reason))
+            cur.execute(
+                "INSERT INTO review_sample (study_instance_uid, stratum, reason, signoff_state) "
+                "VALUES (%s, %s, %s, 'pending') ON CONFLICT (study_instance_uid) DO NOTHING",
+                (e.study_instance_uid, e.stratum, e.reason),
+            )
             inserted += cur.rowcount
     return inserted
 
@@ -210,6 +238,7 @@ def _order(datasets: dict[str, Dataset]) -> list[str]:
         ds = datasets[sop]
         ipp = tuple(float(v) for v in ds.get("ImagePositionPatient", []) or [])
         return (int(ds.get("InstanceNumber", 0) or 0), ipp, sop)
+
     return sorted(datasets, key=key)
 
 
@@ -237,9 +266,12 @@ def clinical_checks(ledger: Ledger, target: ConnectionSpec, study_uid: str) -> l
 
     dest = open_target(target)
     at_target = dict(dest.instances(study_uid))
-    rows = ledger.query("SELECT sop_instance_uid, series_instance_uid, sop_class_uid, staged_path "
-                        "FROM instances WHERE study_instance_uid = %s AND target_status <> 'quarantined' "
-                        "ORDER BY sop_instance_uid", (study_uid,))
+    rows = ledger.query(
+        "SELECT sop_instance_uid, series_instance_uid, sop_class_uid, staged_path "
+        "FROM instances WHERE study_instance_uid = %s AND target_status <> 'quarantined' "
+        "ORDER BY sop_instance_uid",
+        (study_uid,),
+    )
     checks: list[dict[str, Any]] = []
     src_series: dict[str, dict[str, Dataset]] = defaultdict(dict)
     tgt_series: dict[str, dict[str, Dataset]] = defaultdict(dict)
@@ -250,8 +282,9 @@ def clinical_checks(ledger: Ledger, target: ConnectionSpec, study_uid: str) -> l
         if sop not in at_target or not row["staged_path"] or not Path(row["staged_path"]).exists():
             continue
         src = pydicom.dcmread(row["staged_path"], stop_before_pixels=True, force=True)
-        tgt = pydicom.dcmread(BytesIO(dest.fetch(study_uid, at_target[sop], sop)), stop_before_pixels=True,
-                              force=True)
+        tgt = pydicom.dcmread(
+            BytesIO(dest.fetch(study_uid, at_target[sop], sop)), stop_before_pixels=True, force=True
+        )
         compared += 1
         for keyword in DISPLAY_KEYWORDS:
             if _value(src, keyword) != _value(tgt, keyword):
@@ -259,15 +292,29 @@ def clinical_checks(ledger: Ledger, target: ConnectionSpec, study_uid: str) -> l
         series = row["series_instance_uid"] or at_target[sop]
         src_series[series][sop] = src
         tgt_series[series][sop] = tgt
-    checks.append({"check": "display_attributes", "ok": not display_diffs,
-                   "detail": f"{compared} instances compared" + (
-                       f"; differ: {', '.join(display_diffs[:10])}" if display_diffs else "")})
+    checks.append(
+        {
+            "check": "display_attributes",
+            "ok": not display_diffs,
+            "detail": f"{compared} instances compared"
+            + (f"; differ: {', '.join(display_diffs[:10])}" if display_diffs else ""),
+        }
+    )
     bad_order = [s for s in src_series if _order(src_series[s]) != _order(tgt_series[s])]
-    checks.append({"check": "series_order", "ok": not bad_order,
-                   "detail": f"{len(src_series)} series" + (f"; order differs in {', '.join(bad_order)}"
-                                                            if bad_order else "")})
-    objects = [r for r in rows if (r["sop_class_uid"] or "").startswith(PRESENTATION_STATE_PREFIX)
-               or r["sop_class_uid"] == KEY_OBJECT_SELECTION]
+    checks.append(
+        {
+            "check": "series_order",
+            "ok": not bad_order,
+            "detail": f"{len(src_series)} series"
+            + (f"; order differs in {', '.join(bad_order)}" if bad_order else ""),
+        }
+    )
+    objects = [
+        r
+        for r in rows
+        if (r["sop_class_uid"] or "").startswith(PRESENTATION_STATE_PREFIX)
+        or r["sop_class_uid"] == KEY_OBJECT_SELECTION
+    ]
     absent = [r["sop_instance_uid"] for r in objects if r["sop_instance_uid"] not in at_target]
     dangling: list[str] = []
     for r in objects:
@@ -275,10 +322,15 @@ def clinical_checks(ledger: Ledger, target: ConnectionSpec, study_uid: str) -> l
         for series in src_series.values():
             if sop in series:
                 dangling += sorted(_references(series[sop]) - set(at_target))
-    checks.append({"check": "presentation_states_and_key_objects", "ok": not absent and not dangling,
-                   "detail": f"{len(objects)} PR/KO objects"
-                             + (f"; missing at target: {', '.join(absent)}" if absent else "")
-                             + (f"; references not at target: {', '.join(dangling[:10])}" if dangling else "")})
+    checks.append(
+        {
+            "check": "presentation_states_and_key_objects",
+            "ok": not absent and not dangling,
+            "detail": f"{len(objects)} PR/KO objects"
+            + (f"; missing at target: {', '.join(absent)}" if absent else "")
+            + (f"; references not at target: {', '.join(dangling[:10])}" if dangling else ""),
+        }
+    )
     for c in checks:
         c["study_instance_uid"] = study_uid
     return checks
@@ -286,8 +338,18 @@ def clinical_checks(ledger: Ledger, target: ConnectionSpec, study_uid: str) -> l
 
 def write_worklist(entries: list[SampleEntry], out_dir: Path) -> tuple[Path, Path]:
     """``review_worklist.csv`` and ``review_worklist.html`` (links open the study at the target)."""
-    fields = ["study_instance_uid", "accession_number", "study_date", "modality", "stratum", "reason",
-              "features", "auto_checks", "wado_url", "viewer_url"]
+    fields = [
+        "study_instance_uid",
+        "accession_number",
+        "study_date",
+        "modality",
+        "stratum",
+        "reason",
+        "features",
+        "auto_checks",
+        "wado_url",
+        "viewer_url",
+    ]
     csv_path = out_dir / "review_worklist.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -298,12 +360,26 @@ def write_worklist(entries: list[SampleEntry], out_dir: Path) -> tuple[Path, Pat
             writer.writerow({k: row[k] for k in fields})
     lines = []
     for e in entries:
-        link = (f'<a href="{html.escape(e.viewer_url or e.wado_url)}">open</a>'
-                if (e.viewer_url or e.wado_url) else "")
-        cells = [e.accession_number, e.study_date, e.modality, e.stratum, e.reason, ", ".join(e.features),
-                 e.auto_checks, e.study_instance_uid]
-        lines.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
-                     + f"<td>{link}</td><td>&#9744; signed off</td></tr>")
+        link = (
+            f'<a href="{html.escape(e.viewer_url or e.wado_url)}">open</a>'
+            if (e.viewer_url or e.wado_url)
+            else ""
+        )
+        cells = [
+            e.accession_number,
+            e.study_date,
+            e.modality,
+            e.stratum,
+            e.reason,
+            ", ".join(e.features),
+            e.auto_checks,
+            e.study_instance_uid,
+        ]
+        lines.append(
+            "<tr>"
+            + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
+            + f"<td>{link}</td><td>&#9744; signed off</td></tr>"
+        )
     html_path = out_dir / "review_worklist.html"
     html_path.write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>pacsmig review sample</title>"
@@ -312,12 +388,22 @@ def write_worklist(entries: list[SampleEntry], out_dir: Path) -> tuple[Path, Pat
         f"<p>{len(entries)} studies, drawn reproducibly (stratified by modality and year, enriched in "
         "complex cases).</p><table><thead><tr><th>accession</th><th>date</th><th>modality</th>"
         "<th>stratum</th><th>reason</th><th>features</th><th>auto checks</th><th>study UID</th>"
-        "<th>target</th><th>sign-off</th></tr></thead><tbody>" + "".join(lines) + "</tbody></table></body></html>\n")
+        "<th>target</th><th>sign-off</th></tr></thead><tbody>"
+        + "".join(lines)
+        + "</tbody></table></body></html>\n"
+    )
     return csv_path, html_path
 
 
-def build_review_sample(ledger: Ledger, scope: Scope, target: ConnectionSpec | None, fraction: float = 0.10,
-                        seed: int = 0, out_dir: Path | None = None, large_series: int = 100) -> dict[str, Any]:
+def build_review_sample(
+    ledger: Ledger,
+    scope: Scope,
+    target: ConnectionSpec | None,
+    fraction: float = 0.10,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    large_series: int = 100,
+) -> dict[str, Any]:
     """Draw, record, auto-check and write the worklist; returns counts and paths."""
     out_dir = out_dir or config.sub_dir("validation")
     entries = select_sample(ledger, scope, fraction, seed, large_series)
@@ -336,7 +422,16 @@ def build_review_sample(ledger: Ledger, scope: Scope, target: ConnectionSpec | N
         writer = csv.DictWriter(fh, fieldnames=["study_instance_uid", "check", "ok", "detail"])
         writer.writeheader()
         writer.writerows(all_checks)
-    return {"studies": len(entries), "recorded": inserted, "seed": seed, "fraction": fraction,
-            "checks_failed": sum(1 for c in all_checks if not c["ok"]),
-            "by_reason": {r: sum(1 for e in entries if e.reason == r) for r in sorted({e.reason for e in entries})},
-            "worklist_csv": str(csv_path), "worklist_html": str(html_path), "checks_csv": str(checks_path)}
+    return {
+        "studies": len(entries),
+        "recorded": inserted,
+        "seed": seed,
+        "fraction": fraction,
+        "checks_failed": sum(1 for c in all_checks if not c["ok"]),
+        "by_reason": {
+            r: sum(1 for e in entries if e.reason == r) for r in sorted({e.reason for e in entries})
+        },
+        "worklist_csv": str(csv_path),
+        "worklist_html": str(html_path),
+        "checks_csv": str(checks_path),
+    }

@@ -272,7 +272,14 @@ def finalize(ledger: Ledger, scope: Scope, source: DicomNode | None = None, out_
     if run_suite:
         from pacsmig.quality.hash_suite import run_hash_suite
 
-        summary["expectations"] = run_hash_suite(hash_path, summary["instances_source"], out_dir)
+        # The count to expect comes from outside the report: what the source said it holds now
+        # (or, without a source, what the plan expected), so a row lost on the way is caught.
+        if view:
+            expected = sum(len(v.instances) for v in view.values())
+        else:
+            expected = sum(int(s["expected_instances"] or 0) for s in studies.values()) or len(report_rows)
+        summary["instances_expected"] = expected
+        summary["expectations"] = run_hash_suite(hash_path, expected, out_dir)
     if anchor:
         from pacsmig.custody.chain import write_anchor
 
