@@ -83,10 +83,10 @@ def test_plan_has_partitions_eta_and_the_backfill_commands(ledger_dsn: str) -> N
     assert sum(p["studies"] for p in plan.partitions) == len(dated)
     assert plan.instances_queued == sum(10 + i for i in range(6))
     assert plan.eta_hours == pytest.approx(plan.instances_queued / 10 / 3600, abs=0.01)
-    # Runs are picked by their interval's end: the months holding the first and last study, +1 month.
+    # Runs are picked by their logical date (interval start): the months holding the first and last study.
     assert dated.study_date.min() == date(2013, 3, 2) and dated.study_date.max() == date(2017, 3, 6)
-    assert plan.commands[0] == ("airflow backfill create --dag-id pacs_migrate --from-date 2013-04-01 "
-                                "--to-date 2017-04-01 --run-backwards")
+    assert plan.commands[0] == ("airflow backfill create --dag-id pacs_migrate --from-date 2013-03-01 "
+                                "--to-date 2017-03-01 --run-backwards")
     assert "--run-backwards" not in big.commands[0]
     assert plan.undated_studies == 1 and any('"undated": true' in c for c in plan.commands)
 

@@ -52,17 +52,13 @@ class Plan:
 
 def backfill_range(dmin: date, dmax: date, cron: str = "@monthly") -> tuple[date, date]:
     """``--from-date/--to-date`` covering study dates ``dmin..dmax`` with pacs_migrate's data-interval
-    timetable: a backfill selects runs by their run-after (= the interval's END), so the range is
-    the end of the partition holding ``dmin`` through the end of the one holding ``dmax``."""
+    timetable: a backfill takes the runs whose logical date (the interval's START) lies in the range,
+    so the range runs from the start of the partition holding ``dmin`` to that holding ``dmax``."""
     if cron in ("@daily", "0 0 * * *"):
-        return dmin + timedelta(days=1), dmax + timedelta(days=1)
+        return dmin, dmax
     if cron in ("@yearly", "@annually"):
-        return date(dmin.year + 1, 1, 1), date(dmax.year + 1, 1, 1)
-
-    def next_month(d: date) -> date:
-        return date(d.year + d.month // 12, d.month % 12 + 1, 1)
-
-    return next_month(dmin), next_month(dmax)
+        return date(dmin.year, 1, 1), date(dmax.year, 1, 1)
+    return dmin.replace(day=1), dmax.replace(day=1)
 
 
 def measured_throughput(ledger: Ledger) -> float | None:

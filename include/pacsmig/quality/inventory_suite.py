@@ -17,7 +17,7 @@ SUITE_NAME = "inventory"
 def modalities_regex(known: Iterable[str]) -> str:
     """A regex accepting a ``\\``-separated list of known modality codes (``CT\\SR``)."""
     alternatives = "|".join(sorted((re.escape(m) for m in known), key=len, reverse=True))
-    return rf"^({alternatives})(\\({alternatives}))*$"
+    return rf"^(?:{alternatives})(?:\\(?:{alternatives}))*$"
 
 
 def inventory_expectations(extra_modalities: Iterable[str] = ()) -> list[ExpectationSpec]:
@@ -27,7 +27,7 @@ def inventory_expectations(extra_modalities: Iterable[str] = ()) -> list[Expecta
     return [
         ("ExpectColumnValuesToNotBeNull", {"column": "study_instance_uid"}),
         ("ExpectColumnValuesToBeUnique", {"column": "study_instance_uid"}),
-        ("ExpectColumnValuesToMatchRegex", {"column": "study_instance_uid", "regex": r"^[0-9]+(\.[0-9]+)*$"}),
+        ("ExpectColumnValuesToMatchRegex", {"column": "study_instance_uid", "regex": r"^[0-9]+(?:\.[0-9]+)*$"}),
         ("ExpectColumnValuesToNotBeNull", {"column": "n_series"}),
         ("ExpectColumnValuesToNotBeNull", {"column": "n_instances"}),
         ("ExpectColumnValuesToBeBetween", {"column": "n_series", "min_value": 1}),
