@@ -27,3 +27,15 @@ def test_state_change_writes_chained_custody(ledger_dsn: str) -> None:
         assert r["entry_hash"] == custody_entry_hash(prev, r["seq"], r["study_instance_uid"], r["event"],
                                                      r["actor"], r["details"], r["created_at"])
         prev = r["entry_hash"]
+
+
+def test_the_engine_works_as_a_role_that_cannot_rewrite_custody(ledger_dsn: str) -> None:
+    import psycopg2
+
+    with Ledger(ledger_dsn) as ledger:
+        assert ledger.query("SELECT current_user AS u")[0]["u"] == "pacsmig_task"
+        ledger.custody("queried", "1.2.3", {"n": 1})
+        with pytest.raises(psycopg2.Error), ledger.transaction() as cur:
+            cur.execute("UPDATE custody SET actor = 'someone else'")
+        assert ledger.migrate() == []          # migrations still run, as the owner
+        assert ledger.query("SELECT current_user AS u")[0]["u"] == "pacsmig_task"

@@ -4,13 +4,14 @@ How nothing is missed
 ---------------------
 * A window whose answer reaches ``find_cap`` (Orthanc's LimitFindResults truncates silently, or
   answers "matching terminated", 0xFE00), or that times out, is split in halves and re-queried,
-  down to a single day. A single day at the cap is re-queried per ModalitiesInStudy value; if one
-  of those is still at the cap, or the per-modality answers do not cover every study the capped
-  answer listed, :class:`InventoryTruncated` is raised: the inventory is never silently short.
+  down to a single day. A single day at the cap is re-queried per ModalitiesInStudy value, and a
+  (day, modality) still at the cap per PatientID prefix (``0*``..``z*``, recursively). If a leaf
+  is still capped, or the split answers do not cover every study the capped answer listed,
+  :class:`InventoryTruncated` is raised: the inventory is never silently short.
 * Studies without a StudyDate cannot be found by date: DICOM range matching compares values, and
   an empty (or malformed) StudyDate never falls inside a range. They are found by a separate
   universal query (StudyDate as a return key only), keeping the answers whose date is missing or
-  not a valid ``YYYYMMDD``. That query obeys the same cap rules.
+  not a valid ``YYYYMMDD``. That query obeys the same cap rules (modality, then PatientID prefix).
 * Sources that do not return NumberOfStudyRelatedSeries/Instances or ModalitiesInStudy (dcmqrscp,
   many legacy PACS) are walked: SERIES level below the study, and IMAGE level below a series
   whose NumberOfSeriesRelatedInstances is missing.
@@ -218,37 +219,60 @@ def _by_uid(answers: Iterable[Dataset], into: dict[str, Dataset], what: str) -> 
         raise DicomError(f"C-FIND {what}: {missing} answers carry no StudyInstanceUID")
 
 
+#: First characters PatientID prefixes are split over when a (day, modality) query is still capped.
+PATIENT_ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_. "
+#: Longest PatientID prefix tried before giving up loudly.
+MAX_PREFIX = 16
+
+
+def split_by_patient_id(client: FindClient, keys: dict[str, str], cap: int, what: str,
+                        prefix: str = "") -> dict[str, Dataset]:
+    """Re-query a capped query per PatientID prefix (wildcard matching ``MRN1*``), recursively."""
+    found: dict[str, Dataset] = {}
+    for char in PATIENT_ID_ALPHABET:
+        pattern = prefix + char
+        result = client.find(_study_query(**keys, PatientID=pattern + "*"))
+        _check_failed(result, f"{what} PatientID={pattern}*")
+        if not _is_capped(result, cap):
+            _by_uid(result.identifiers, found, what)
+        elif len(pattern) < MAX_PREFIX:
+            found.update(split_by_patient_id(client, keys, cap, what, pattern))
+        else:
+            raise InventoryTruncated(f"C-FIND {what} PatientID={pattern}* still returned {len(result)} answers "
+                                     f"(cap {cap}); raise find_cap if the source allows more answers per query")
+    return found
+
+
 def split_by_modality(client: FindClient, base: dict[str, str], cap: int, capped: FindResult,
                       what: str) -> dict[str, Dataset]:
-    """Re-query a capped, unsplittable query once per ModalitiesInStudy value.
+    """Re-query a capped query that dates cannot split: per ModalitiesInStudy, then PatientID prefix.
 
     Raises
     ------
     InventoryTruncated
-        If a per-modality answer is itself capped, or the union misses a study that the capped
-        answer listed (the source does not match on ModalitiesInStudy, or a study has a modality
-        outside the known vocabulary).
+        If a leaf query is still capped, or the union misses a study that the capped answer listed
+        (the source does not match on these keys, or a study has a modality outside the known
+        vocabulary or an empty/odd PatientID): loud, never a silently short inventory.
     """
     seen: set[str] = set()
     for ds in capped.identifiers:
         seen.update(normalise_modalities(ds.get("ModalitiesInStudy") or []))
     found: dict[str, Dataset] = {}
     for modality in sorted(KNOWN_MODALITIES | seen):
-        result = client.find(_study_query(**base, ModalitiesInStudy=modality))
+        keys = {**base, "ModalitiesInStudy": modality}
+        result = client.find(_study_query(**keys))
         _check_failed(result, f"{what} ModalitiesInStudy={modality}")
         if _is_capped(result, cap):
-            raise InventoryTruncated(
-                f"C-FIND {what} ModalitiesInStudy={modality} still returned {len(result)} answers "
-                f"(cap {cap}, status {result.status}); cannot split further without missing studies. "
-                "Raise find_cap if the source allows more answers per query.")
+            found.update(split_by_patient_id(client, keys, cap, f"{what} ModalitiesInStudy={modality}"))
+            continue
         _by_uid(result.identifiers, found, what)
     listed: dict[str, Dataset] = {}
     _by_uid(capped.identifiers, listed, what)
     lost = sorted(set(listed) - set(found))
     if lost:
         raise InventoryTruncated(
-            f"C-FIND {what}: splitting by ModalitiesInStudy lost {len(lost)} of the studies the capped "
-            f"answer listed (e.g. {lost[0]}); the source does not match on ModalitiesInStudy.")
+            f"C-FIND {what}: splitting by ModalitiesInStudy/PatientID lost {len(lost)} of the studies the "
+            f"capped answer listed (e.g. {lost[0]}); the source does not match on these keys.")
     logger.warning("C-FIND %s hit the cap (%d); split by ModalitiesInStudy into %d studies", what, cap,
                    len(found))
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -95,13 +96,21 @@ class FindClient:
         assoc = self._association()
         result = FindResult()
         self.queries += 1
+        started = time.monotonic()
         for status, match in assoc.send_c_find(identifier, self.model):
             code = getattr(status, "Status", None)
             if code is None:
-                # pynetdicom yields an empty status on DIMSE timeout/abort; the association is gone
-                logger.warning("C-FIND to %s ended without a final status (timeout or abort) after %d "
-                               "matches", self.node.ae_title, len(result.identifiers))
+                # pynetdicom yields an empty status on DIMSE timeout and on abort; the association is gone
                 self._assoc = None
+                elapsed = time.monotonic() - started
+                if elapsed < 0.9 * self.node.timeout:
+                    # not our timeout: the peer aborted (e.g. Orthanc aborts unknown calling AEs). That
+                    # says nothing about the size of the answer, so it must not be taken for truncation.
+                    raise DicomError(f"C-FIND to {self.node.ae_title}@{self.node.host}:{self.node.port} was "
+                                     f"aborted by the peer after {elapsed:.1f}s ({len(result.identifiers)} "
+                                     f"matches); is our AE {self.node.calling_ae_title} known to it?")
+                logger.warning("C-FIND to %s timed out after %d matches", self.node.ae_title,
+                               len(result.identifiers))
                 return result
             if code_to_category(code) == "Pending":
                 if match is not None:
@@ -110,6 +119,10 @@ class FindClient:
             result.status = int(code)
         if result.status is None:
             self._assoc = None  # generator ended without any final status: treat like an abort
+        elif not result.complete:
+            # after a cancel/failure some SCPs (Orthanc) still send a late message that pynetdicom
+            # would hand to the next query ("unexpected C-FIND service message"): start afresh
+            self.close()
         return result
 
     def close(self) -> None:
@@ -130,6 +143,9 @@ class FindClient:
 
 def query_dataset(level: str, keys: dict[str, Any]) -> Dataset:
     """A C-FIND identifier: ``QueryRetrieveLevel`` plus keys (``""`` = return key, else a match).
+
+    The query declares no character set (the default repertoire: every SCP accepts it); answers
+    are decoded with the SpecificCharacterSet they carry.
 
     Examples
     --------

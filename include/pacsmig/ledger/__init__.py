@@ -106,10 +106,24 @@ class Ledger:
     ...     ledger.migrate()
     """
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, role: str | None = None) -> None:
         self.dsn = dsn
         self.conn = psycopg2.connect(dsn)
         self.conn.autocommit = False
+        #: The role the engine's work runs as: it may append to custody but never UPDATE/DELETE it
+        #: (migration 002). Only schema migrations run as the connecting (owner) user.
+        self.role = os.environ.get("PACSMIG_LEDGER_ROLE", "pacsmig_task") if role is None else role
+        self._assume_role()
+
+    def _assume_role(self) -> None:
+        if not self.role:
+            return
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s AND pg_has_role(session_user, oid, 'USAGE')",
+                        (self.role,))
+            if cur.fetchone() is not None:
+                cur.execute(f'SET ROLE "{self.role}"')
+        self.conn.commit()
 
     def close(self) -> None:
         self.conn.close()
@@ -145,6 +159,7 @@ class Ledger:
             (p for p in resources.files("pacsmig.ledger").joinpath("migrations").iterdir()
              if p.name.endswith(".sql")), key=lambda p: p.name)
         with self.transaction() as cur:
+            cur.execute("RESET ROLE")
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CUSTODY_LOCK_KEY + 1,))
             cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
                         "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
@@ -158,6 +173,7 @@ class Ledger:
                 cur.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)",
                             (version, path.name))
                 applied.append(version)
+        self._assume_role()
         return applied
 
     # --- custody ---------------------------------------------------------------------------
