@@ -141,6 +141,11 @@ def airflow_db() -> Iterator[str]:
     proc = subprocess.run([airflow, "db", "migrate"], env=os.environ.copy(), capture_output=True, text=True)
     assert proc.returncode == 0, f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     yield os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    if "airflow.settings" in sys.modules:  # close Airflow's pool before its database goes away
+        try:
+            sys.modules["airflow.settings"].dispose_orm(do_log=False)
+        except Exception:  # noqa: BLE001 - teardown only
+            pass
     import psycopg2
 
     conn = psycopg2.connect(PG_ADMIN)

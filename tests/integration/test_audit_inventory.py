@@ -114,7 +114,7 @@ def dcmqrscp(synthetic_archive, tmp_path) -> Iterator[tuple[int, str]]:  # noqa:
     log = open(tmp_path / "dcmqrscp.log", "wb")  # noqa: SIM115 - closed in teardown
     proc = subprocess.Popen(["dcmqrscp", "-c", str(cfg), str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        store = subprocess.run(["storescu", "-aec", "DCMQR", "+sd", "+r", "127.0.0.1", str(port), str(plain)],
+        store = subprocess.run(["storescu", "-R", "-aec", "DCMQR", "+sd", "+r", "127.0.0.1", str(port), str(plain)],
                                capture_output=True, text=True, timeout=300)
         assert store.returncode == 0, store.stderr[-2000:]
         yield port, "DCMQR"
