@@ -44,9 +44,11 @@ def default_classifier(known: dict[int, str]) -> Classifier:
             return "orthanc_other"
         if "LocalExecutor" in cmd or "task supervisor" in cmd or "task runner" in cmd:
             return "airflow_task_workers"
-        if "airflow" in cmd and any(c in cmd for c in ("scheduler", "api-server", "dag-processor", "triggerer",
-                                                       "api_server", "dag_processor")):
+        services = ("scheduler", "api-server", "dag-processor", "triggerer", "api_server", "dag_processor")
+        if "airflow" in cmd and any(c in cmd for c in services):
             return "airflow_services"
+        if "airflow" in cmd:
+            return "airflow_cli"
         return None
 
     return classify

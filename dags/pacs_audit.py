@@ -17,7 +17,7 @@ Reads the `legacy_pacs` connection at run time. Nothing here writes to the sourc
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
@@ -26,29 +26,61 @@ from airflow.sdk import Param, dag, get_current_context, task
 @dag(
     dag_id="pacs_audit",
     schedule=None,
-    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     tags=["pacsmig", "phase1", "audit"],
     doc_md=__doc__,
     default_args={"owner": "pacsmig", "retries": 2, "retry_delay": timedelta(minutes=1)},
     params={
-        "date_from": Param("1990-01-01", type="string", pattern=r"^\d{4}-\d{2}-\d{2}$",
-                           description="First study date to inventory (YYYY-MM-DD)."),
-        "date_to": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
-                         description="Last study date (YYYY-MM-DD); empty = the day the run was triggered."),
-        "window": Param("year", type="string", enum=["year", "quarter", "month", "day"],
-                        description="C-FIND window size; windows at the source's cap are split further."),
-        "samples_per_group": Param(3, type="integer", minimum=1,
-                                   description="Instances retrieved per (modality, manufacturer, model)."),
-        "candidates_per_modality": Param(10, type="integer", minimum=1,
-                                         description="Studies per modality whose series are listed for sampling."),
-        "throughput_images_per_s": Param(150.0, type="number", minimum=0,
-                                         description="Migration rate for the timeline (0 = measured while sampling)."),
-        "link_mbit_s": Param(1000.0, type="number", exclusiveMinimum=0,
-                             description="Network link to the target, Mbit/s (above ~50 TB: seed physically)."),
-        "find_cap": Param(0, type="integer", minimum=0,
-                          description="Results a C-FIND returns at most (0 = the connection's find_cap)."),
+        "date_from": Param(
+            "1990-01-01",
+            type="string",
+            pattern=r"^\d{4}-\d{2}-\d{2}$",
+            description="First study date to inventory (YYYY-MM-DD).",
+        ),
+        "date_to": Param(
+            "",
+            type="string",
+            pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+            description="Last study date (YYYY-MM-DD); empty = the day the run was triggered.",
+        ),
+        "window": Param(
+            "year",
+            type="string",
+            enum=["year", "quarter", "month", "day"],
+            description="C-FIND window size; windows at the source's cap are split further.",
+        ),
+        "samples_per_group": Param(
+            3,
+            type="integer",
+            minimum=1,
+            description="Instances retrieved per (modality, manufacturer, model).",
+        ),
+        "candidates_per_modality": Param(
+            10,
+            type="integer",
+            minimum=1,
+            description="Studies per modality whose series are listed for sampling.",
+        ),
+        "throughput_images_per_s": Param(
+            150.0,
+            type="number",
+            minimum=0,
+            description="Migration rate for the timeline (0 = measured while sampling).",
+        ),
+        "link_mbit_s": Param(
+            1000.0,
+            type="number",
+            exclusiveMinimum=0,
+            description="Network link to the target, Mbit/s (above ~50 TB: seed physically).",
+        ),
+        "find_cap": Param(
+            0,
+            type="integer",
+            minimum=0,
+            description="Results a C-FIND returns at most (0 = the connection's find_cap).",
+        ),
     },
 )
 def pacs_audit() -> None:
@@ -107,8 +139,12 @@ def pacs_audit() -> None:
         from pacsmig.audit.pipeline import assess, audit_dir
 
         params = get_current_context()["params"]
-        return assess(audit_dir(), throughput_images_per_s=float(params["throughput_images_per_s"]),
-                      link_mbit_s=float(params["link_mbit_s"]), measured_images_per_s=samples.get("images_per_s"))
+        return assess(
+            audit_dir(),
+            throughput_images_per_s=float(params["throughput_images_per_s"]),
+            link_mbit_s=float(params["link_mbit_s"]),
+            measured_images_per_s=samples.get("images_per_s"),
+        )
 
     @task
     def html_report(summary: dict[str, Any], quality: dict[str, Any]) -> str:

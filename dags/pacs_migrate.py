@@ -60,7 +60,6 @@ PARTITION_SCHEDULE = CronDataIntervalTimetable(os.environ.get("PACSMIG_PARTITION
         "rules_path": Param(None, type=["null", "string"],
                             description="Coercion rule file (YAML). Empty: $PACSMIG_RULES or the shipped default."),
     },
-    render_template_as_native_obj=True,
 )
 def pacs_migrate():
     @task

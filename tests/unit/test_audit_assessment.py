@@ -6,12 +6,11 @@ from datetime import date
 
 import pandas as pd
 import pytest
-from pydicom.dataset import Dataset
-
 from pacsmig.audit.assessment import SEEDING_THRESHOLD_BYTES, build_assessment, by_modality, timeline
 from pacsmig.audit.inventory import needs_walk, parse_study_date, study_record
 from pacsmig.audit.profile import bytes_method_text, estimate_bytes, primary_modality, size_profile
 from pacsmig.audit.report import human_bytes, render
+from pydicom.dataset import Dataset
 
 
 def test_timeline_takes_the_slower_of_rate_and_link() -> None:
@@ -30,33 +29,46 @@ def test_physical_seeding_above_50_tb() -> None:
 
 
 def _inventory() -> pd.DataFrame:
-    return pd.DataFrame({
-        "study_instance_uid": ["1.1", "1.2", "1.3", "1.4"],
-        "modalities": ["CT\\SR", "CT", "MR", "CR"],
-        "primary_modality": ["CT", "CT", "MR", "CR"],
-        "n_series": [3, 2, 5, 1], "n_instances": [301, 100, 200, 2],
-        "study_date": [date(2015, 3, 1), date(2016, 1, 1), date(2016, 5, 5), None],
-        "study_date_status": ["ok", "ok", "ok", "missing"],
-        "est_bytes": [None] * 4,
-    })
+    return pd.DataFrame(
+        {
+            "study_instance_uid": ["1.1", "1.2", "1.3", "1.4"],
+            "modalities": ["CT\\SR", "CT", "MR", "CR"],
+            "primary_modality": ["CT", "CT", "MR", "CR"],
+            "n_series": [3, 2, 5, 1],
+            "n_instances": [301, 100, 200, 2],
+            "study_date": [date(2015, 3, 1), date(2016, 1, 1), date(2016, 5, 5), None],
+            "study_date_status": ["ok", "ok", "ok", "missing"],
+            "est_bytes": [None] * 4,
+        }
+    )
 
 
 def test_bytes_estimate_weights_series_and_falls_back_to_nominal() -> None:
-    samples = pd.DataFrame({"modality": ["CT", "CT", "MR"], "size_bytes": [1000, 3000, 500],
-                            "series_instance_uid": ["s1", "s2", "s3"], "series_instances": [300, 100, 10]})
+    samples = pd.DataFrame(
+        {
+            "modality": ["CT", "CT", "MR"],
+            "size_bytes": [1000, 3000, 500],
+            "series_instance_uid": ["s1", "s2", "s3"],
+            "series_instances": [300, 100, 10],
+        }
+    )
     profile = size_profile(samples)
     assert profile.loc["CT", "mean_bytes"] == pytest.approx((300 * 1000 + 100 * 3000) / 400)
     inv = _inventory()
     est, provenance = estimate_bytes(inv, samples)
     assert est.tolist()[:3] == [round(301 * 1500.0), round(100 * 1500.0), 200 * 500]
-    assert provenance["CR"]["method"] == "nominal" and est.iloc[3] == 2 * provenance["CR"]["bytes_per_instance"]
+    assert (
+        provenance["CR"]["method"] == "nominal" and est.iloc[3] == 2 * provenance["CR"]["bytes_per_instance"]
+    )
     assert "CR" in bytes_method_text(provenance) and "sampled" in bytes_method_text(provenance)
 
 
 def test_totals_by_modality_and_year_add_up() -> None:
     inv = _inventory()
     inv["est_bytes"] = [10, 20, 30, 40]
-    body = build_assessment(inv, provenance={}, bytes_method="m", throughput_images_per_s=10.0, link_mbit_s=1.0)
+    body = build_assessment(
+        inv, provenance={}, bytes_method="m", throughput_images_per_s=10.0, link_mbit_s=1.0
+    )
     assert (body["studies"], body["series"], body["instances"], body["bytes"]) == (4, 11, 603, 100)
     mods = by_modality(inv)
     assert mods["CT"] == {"studies": 2, "series": 5, "instances": 401, "bytes": 30}

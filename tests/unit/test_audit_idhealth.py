@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pyarrow as pa
-
 from pacsmig.audit.idhealth import id_pattern, normalise_text, patient_id_issues, summarise
 
 
@@ -29,8 +28,17 @@ def _inventory() -> pd.DataFrame:
     ]
     rows += [(f"2.{k}", f"CB-{k:05d}", "CLINIC", f"Person^{k}", "19450101", "F") for k in range(2, 9)]
     rows += [(f"3.{k}", f"MRN{k + 10:08d}", "HOSP", f"Other^{k}", "19450101", "M") for k in range(6)]
-    return pd.DataFrame(rows, columns=["study_instance_uid", "patient_id", "issuer_of_patient_id", "patient_name",
-                                       "patient_birth_date", "patient_sex"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "study_instance_uid",
+            "patient_id",
+            "issuer_of_patient_id",
+            "patient_name",
+            "patient_birth_date",
+            "patient_sex",
+        ],
+    )
 
 
 def test_normalisation_and_patterns() -> None:
@@ -44,12 +52,15 @@ def test_every_planted_issue_is_found_and_nothing_else() -> None:
     same_id = issues[issues.kind == "same_id_different_demographics"]
     assert set(zip(same_id.scope, same_id.issuer_of_patient_id, same_id.patient_id, strict=True)) == {
         ("within_issuer", "HOSP", "MRN00000001"),  # one issuer: not an across-issuers case
-        ("across_issuers", "HOSP", "MRN00000003"), ("across_issuers", "CLINIC", "MRN00000003"),
+        ("across_issuers", "HOSP", "MRN00000003"),
+        ("across_issuers", "CLINIC", "MRN00000003"),
     }
     assert "MRN00000002" not in set(issues.patient_id)
     split = issues[issues.kind == "same_demographics_different_ids"]
     assert set(zip(split.issuer_of_patient_id, split.patient_id, strict=True)) == {
-        ("CLINIC", "CB-00001"), ("HOSP", "MRN00000004")}
+        ("CLINIC", "CB-00001"),
+        ("HOSP", "MRN00000004"),
+    }
     assert set(split.related) == {"CLINIC:CB-00001|HOSP:MRN00000004"}
     outliers = issues[issues.kind == "id_format_outlier"]
     assert set(outliers.patient_id) == {"MRN00000003"} and set(outliers.issuer_of_patient_id) == {"CLINIC"}

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from pacsmig.audit.inventory import SCHEMA
 from pacsmig.quality import ExpectationsFailed, run_suite
 from pacsmig.quality.inventory_suite import validate_inventory
@@ -30,12 +29,15 @@ def test_good_inventory_passes_and_writes_data_docs(tmp_path: Path) -> None:
     assert (tmp_path / "docs" / "index.html").exists()
 
 
-@pytest.mark.parametrize("column, value, expected", [
-    ("study_instance_uid", "1.2.1", "expect_column_values_to_be_unique"),
-    ("n_instances", 0, "expect_column_values_to_be_between"),
-    ("modalities", "CT\\XYZ", "expect_column_values_to_match_regex"),
-    ("study_date", None, "expect_column_values_to_not_be_null"),
-])
+@pytest.mark.parametrize(
+    "column, value, expected",
+    [
+        ("study_instance_uid", "1.2.1", "expect_column_values_to_be_unique"),
+        ("n_instances", 0, "expect_column_values_to_be_between"),
+        ("modalities", "CT\\XYZ", "expect_column_values_to_match_regex"),
+        ("study_date", None, "expect_column_values_to_not_be_null"),
+    ],
+)
 def test_bad_inventory_fails_with_a_summary(column: str, value: object, expected: str) -> None:
     frame = _good()
     frame.loc[1, column] = value
@@ -46,5 +48,7 @@ def test_bad_inventory_fails_with_a_summary(column: str, value: object, expected
 
 
 def test_run_suite_is_reusable() -> None:
-    result = run_suite(pd.DataFrame({"a": [1, 1]}), "reuse", [("ExpectColumnValuesToBeUnique", {"column": "a"})])
+    result = run_suite(
+        pd.DataFrame({"a": [1, 1]}), "reuse", [("ExpectColumnValuesToBeUnique", {"column": "a"})]
+    )
     assert not result.success and result.failures[0]["unexpected_count"] == 2

@@ -5,12 +5,17 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
-from pydicom.dataset import Dataset
-
-from pacsmig.audit.inventory import InventoryTruncated, WindowStats, find_undated, find_window, inventory_window
+from pacsmig.audit.inventory import (
+    InventoryTruncated,
+    WindowStats,
+    find_undated,
+    find_window,
+    inventory_window,
+)
 from pacsmig.audit.windows import UNDATED, DateWindow, build_windows, window_labels
 from pacsmig.dicom.find import FindResult
 from pacsmig.errors import ConfigError
+from pydicom.dataset import Dataset
 
 
 def test_windows_cover_the_range_without_gaps_or_overlaps() -> None:
@@ -20,7 +25,9 @@ def test_windows_cover_the_range_without_gaps_or_overlaps() -> None:
         for a, b in zip(windows, windows[1:], strict=False):
             assert b.start == a.end + timedelta(days=1)
     assert [w.label for w in build_windows("2015-01-01", "2016-12-31")] == [
-        "2015-01-01..2015-12-31", "2016-01-01..2016-12-31"]
+        "2015-01-01..2015-12-31",
+        "2016-01-01..2016-12-31",
+    ]
     assert len(build_windows("2015-01-01", "2015-12-31", "month")) == 12
     assert len(build_windows("2015-01-01", "2015-12-31", "quarter")) == 4
     assert window_labels("2015-01-01", "2015-03-01", "month")[-1] == UNDATED
@@ -75,7 +82,9 @@ class CappedPeer:
         return FindResult(identifiers=matches[: self.cap], status=0x0000)
 
 
-def _archive(per_day: int, days: int, modalities: tuple[str, ...] = ("CT", "MR")) -> list[tuple[str, str, str]]:
+def _archive(
+    per_day: int, days: int, modalities: tuple[str, ...] = ("CT", "MR")
+) -> list[tuple[str, str, str]]:
     out = []
     for d in range(days):
         day = (date(2015, 1, 1) + timedelta(days=d)).strftime("%Y%m%d")
@@ -102,11 +111,19 @@ def test_a_capped_single_day_is_split_by_modality() -> None:
 
 def test_unsplittable_caps_are_loud_not_silent() -> None:
     with pytest.raises(InventoryTruncated):  # one day, one modality, above the cap
-        find_window(CappedPeer(_archive(12, 1, ("CT",)), cap=10), DateWindow(date(2015, 1, 1), date(2015, 1, 1)),  # type: ignore[arg-type]
-                    10, WindowStats("x"))
+        find_window(
+            CappedPeer(_archive(12, 1, ("CT",)), cap=10),
+            DateWindow(date(2015, 1, 1), date(2015, 1, 1)),  # type: ignore[arg-type]
+            10,
+            WindowStats("x"),
+        )
     with pytest.raises(InventoryTruncated):  # a source that ignores ModalitiesInStudy
-        find_window(CappedPeer(_archive(12, 1), cap=10, match_modality=False),  # type: ignore[arg-type]
-                    DateWindow(date(2015, 1, 1), date(2015, 1, 1)), 10, WindowStats("x"))
+        find_window(
+            CappedPeer(_archive(12, 1), cap=10, match_modality=False),  # type: ignore[arg-type]
+            DateWindow(date(2015, 1, 1), date(2015, 1, 1)),
+            10,
+            WindowStats("x"),
+        )
 
 
 def test_undated_query_keeps_missing_and_malformed_dates_only() -> None:

@@ -16,9 +16,15 @@ from pacsmig.audit.profile import MODALITY_SEPARATOR
 SEEDING_THRESHOLD_BYTES = 50 * 10**12  # ~50 TB (decimal, as storage is sold)
 
 
-def timeline(instances: int, total_bytes: int, throughput_images_per_s: float, link_mbit_s: float, *,
-             throughput_source: str = "configured",
-             seeding_threshold_bytes: float = SEEDING_THRESHOLD_BYTES) -> dict[str, Any]:
+def timeline(
+    instances: int,
+    total_bytes: int,
+    throughput_images_per_s: float,
+    link_mbit_s: float,
+    *,
+    throughput_source: str = "configured",
+    seeding_threshold_bytes: float = SEEDING_THRESHOLD_BYTES,
+) -> dict[str, Any]:
     """How long moving the archive takes: the slower of the engine's image rate and the link.
 
     Examples
@@ -36,12 +42,16 @@ def timeline(instances: int, total_bytes: int, throughput_images_per_s: float, l
     seeding = total_bytes > seeding_threshold_bytes
     days = seconds / 86400
     if seeding:
-        advice = (f"{total_bytes / 1e12:.1f} TB exceeds ~{seeding_threshold_bytes / 1e12:.0f} TB: seed the target "
-                  f"physically (ship disks), then migrate the delta and verify over the {link_mbit_s:g} Mbit/s link; "
-                  f"the network alone would take {days:.1f} days.")
+        advice = (
+            f"{total_bytes / 1e12:.1f} TB exceeds ~{seeding_threshold_bytes / 1e12:.0f} TB: seed the target "
+            f"physically (ship disks), then migrate the delta and verify over the {link_mbit_s:g} Mbit/s "
+            f"link; the network alone would take {days:.1f} days."
+        )
     else:
-        advice = (f"Migrate over the network: about {days:.1f} days at {throughput_images_per_s:g} images/s on a "
-                  f"{link_mbit_s:g} Mbit/s link (limited by the {bottleneck}).")
+        advice = (
+            f"Migrate over the network: about {days:.1f} days at {throughput_images_per_s:g} images/s on a "
+            f"{link_mbit_s:g} Mbit/s link (limited by the {bottleneck})."
+        )
     return {
         "throughput_images_per_s": throughput_images_per_s,
         "throughput_source": throughput_source,
@@ -63,14 +73,20 @@ def _finite(value: float) -> float | None:
 
 
 def _totals(frame: pd.DataFrame) -> dict[str, int]:
-    return {"studies": len(frame), "series": int(frame["n_series"].sum()),
-            "instances": int(frame["n_instances"].sum()), "bytes": int(frame["est_bytes"].fillna(0).sum())}
+    return {
+        "studies": len(frame),
+        "series": int(frame["n_series"].sum()),
+        "instances": int(frame["n_instances"].sum()),
+        "bytes": int(frame["est_bytes"].fillna(0).sum()),
+    }
 
 
 def by_modality(inventory: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Per modality: ``studies`` holding it (a CT+SR study counts for both), and the ``series``,
     ``instances`` and ``bytes`` of the studies whose primary modality it is (so those add up)."""
-    sums = inventory.groupby(inventory["primary_modality"].fillna("?"))[["n_series", "n_instances", "est_bytes"]].sum()
+    sums = inventory.groupby(inventory["primary_modality"].fillna("?"))[
+        ["n_series", "n_instances", "est_bytes"]
+    ].sum()
     exploded = inventory["modalities"].fillna("?").str.split(MODALITY_SEPARATOR, regex=False).explode()
     holding = exploded.groupby(exploded).size()
     out: dict[str, dict[str, int]] = {}
@@ -92,9 +108,15 @@ def by_year(inventory: pd.DataFrame) -> dict[str, dict[str, int]]:
     grouped = inventory.assign(est_bytes=inventory["est_bytes"].fillna(0)).groupby(key)
     sums = grouped[["n_series", "n_instances", "est_bytes"]].sum()
     sizes = grouped.size()
-    return {str(y): {"studies": int(sizes[y]), "series": int(sums.loc[y, "n_series"]),
-                     "instances": int(sums.loc[y, "n_instances"]), "bytes": int(sums.loc[y, "est_bytes"])}
-            for y in sorted(sums.index)}
+    return {
+        str(y): {
+            "studies": int(sizes[y]),
+            "series": int(sums.loc[y, "n_series"]),
+            "instances": int(sums.loc[y, "n_instances"]),
+            "bytes": int(sums.loc[y, "est_bytes"]),
+        }
+        for y in sorted(sums.index)
+    }
 
 
 def schedule_newest_first(years: dict[str, dict[str, int]], tl: dict[str, Any]) -> list[dict[str, Any]]:
@@ -102,24 +124,46 @@ def schedule_newest_first(years: dict[str, dict[str, int]], tl: dict[str, Any]) 
     rate = tl["throughput_images_per_s"] or 0
     link = tl["link_mbit_s"] or 0
     rows, cumulative = [], 0.0
-    for year in sorted((y for y in years if y != "undated"), reverse=True) + (["undated"] if "undated" in years else []):
+    for year in sorted((y for y in years if y != "undated"), reverse=True) + (
+        ["undated"] if "undated" in years else []
+    ):
         v = years[year]
         secs = max(v["instances"] / rate if rate else 0.0, v["bytes"] * 8 / (link * 1e6) if link else 0.0)
         cumulative += secs / 86400
-        rows.append({"year": year, "instances": v["instances"], "bytes": v["bytes"], "days": secs / 86400,
-                     "cumulative_days": cumulative})
+        rows.append(
+            {
+                "year": year,
+                "instances": v["instances"],
+                "bytes": v["bytes"],
+                "days": secs / 86400,
+                "cumulative_days": cumulative,
+            }
+        )
     return rows
 
 
-def build_assessment(inventory: pd.DataFrame, *, provenance: dict[str, dict], bytes_method: str,
-                     throughput_images_per_s: float, link_mbit_s: float, throughput_source: str = "configured",
-                     id_issues: dict[str, int] | None = None, private_tags: dict[str, int] | None = None,
-                     inventory_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_assessment(
+    inventory: pd.DataFrame,
+    *,
+    provenance: dict[str, dict],
+    bytes_method: str,
+    throughput_images_per_s: float,
+    link_mbit_s: float,
+    throughput_source: str = "configured",
+    id_issues: dict[str, int] | None = None,
+    private_tags: dict[str, int] | None = None,
+    inventory_stats: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The ``assessment.json`` body from an inventory whose ``est_bytes`` is filled."""
     totals = _totals(inventory)
     years = by_year(inventory)
-    tl = timeline(totals["instances"], totals["bytes"], throughput_images_per_s, link_mbit_s,
-                  throughput_source=throughput_source)
+    tl = timeline(
+        totals["instances"],
+        totals["bytes"],
+        throughput_images_per_s,
+        link_mbit_s,
+        throughput_source=throughput_source,
+    )
     tl["by_year_newest_first"] = schedule_newest_first(years, tl)
     undated = int((inventory["study_date_status"] != "ok").sum())
     return {

@@ -39,10 +39,24 @@ SAME_ID_DIFFERENT_DEMOGRAPHICS = "same_id_different_demographics"
 SAME_DEMOGRAPHICS_DIFFERENT_IDS = "same_demographics_different_ids"
 ID_FORMAT_OUTLIER = "id_format_outlier"
 MISSING_PATIENT_ID = "missing_patient_id"
-KINDS = (SAME_ID_DIFFERENT_DEMOGRAPHICS, SAME_DEMOGRAPHICS_DIFFERENT_IDS, ID_FORMAT_OUTLIER, MISSING_PATIENT_ID)
+KINDS = (
+    SAME_ID_DIFFERENT_DEMOGRAPHICS,
+    SAME_DEMOGRAPHICS_DIFFERENT_IDS,
+    ID_FORMAT_OUTLIER,
+    MISSING_PATIENT_ID,
+)
 
-ISSUE_COLUMNS = ["kind", "scope", "issuer_of_patient_id", "patient_id", "n_studies", "detail", "variants",
-                 "related", "study_instance_uid"]
+ISSUE_COLUMNS = [
+    "kind",
+    "scope",
+    "issuer_of_patient_id",
+    "patient_id",
+    "n_studies",
+    "detail",
+    "variants",
+    "related",
+    "study_instance_uid",
+]
 
 _DEMO = ["name", "birth", "sex"]
 
@@ -65,8 +79,9 @@ def _arrow(values: pd.Series | pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def _normalise_arrow(values: pa.Array) -> pa.Array:
-    out = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_upper(values), pattern=r"[\^=\s]+",
-                                                             replacement=" "))
+    out = pc.utf8_trim_whitespace(
+        pc.replace_substring_regex(pc.utf8_upper(values), pattern=r"[\^=\s]+", replacement=" ")
+    )
     return pc.if_else(pc.equal(out, ""), pa.scalar(None, pa.string()), out)
 
 
@@ -177,12 +192,15 @@ def _code(inventory: Inventory) -> _Coded:
         pairs = pd.DataFrame({"id": ids[0], "demo": demo[0]}).drop_duplicates()
         issuer, pid = _unpack(pairs["id"].to_numpy(), ids[1])
         name, birth, sex = _unpack(pairs["demo"].to_numpy(), demo[1])
-        frame = pd.DataFrame({"issuer": issuer - 1, "pid": pid - 1, "name": name - 1, "birth": birth - 1,
-                              "sex": sex - 1})
+        frame = pd.DataFrame(
+            {"issuer": issuer - 1, "pid": pid - 1, "name": name - 1, "birth": birth - 1, "sex": sex - 1}
+        )
         counts = pd.Series(ids[0]).value_counts(sort=False)
         issuer_k, pid_k = _unpack(counts.index.to_numpy(), ids[1])
-        studies = pd.Series(counts.to_numpy(), index=pd.MultiIndex.from_arrays(
-            [issuer_k - 1, pid_k - 1], names=["issuer", "pid"]))
+        studies = pd.Series(
+            counts.to_numpy(),
+            index=pd.MultiIndex.from_arrays([issuer_k - 1, pid_k - 1], names=["issuer", "pid"]),
+        )
     else:
         full = pd.DataFrame({k: c.codes for k, c in columns.items()})
         frame = full.drop_duplicates()
@@ -190,21 +208,31 @@ def _code(inventory: Inventory) -> _Coded:
     return _Coded(frame=frame.reset_index(drop=True), columns=columns, studies=studies)
 
 
-def _rows(coded: _Coded, flagged: pd.DataFrame, kind: str, scope: pd.Series | str, detail: pd.Series,
-          variants: pd.Series | str = "", related: pd.Series | str = "") -> pd.DataFrame:
+def _rows(
+    coded: _Coded,
+    flagged: pd.DataFrame,
+    kind: str,
+    scope: pd.Series | str,
+    detail: pd.Series,
+    variants: pd.Series | str = "",
+    related: pd.Series | str = "",
+) -> pd.DataFrame:
     """Issue rows for flagged ``(issuer, pid)`` code pairs, decoded to text."""
     keys = pd.MultiIndex.from_frame(flagged[["issuer", "pid"]])
-    return pd.DataFrame({
-        "kind": kind,
-        "scope": scope,
-        "issuer_of_patient_id": coded.decode("issuer", flagged["issuer"]).to_numpy(),
-        "patient_id": coded.decode("pid", flagged["pid"]).to_numpy(),
-        "n_studies": coded.studies.reindex(keys).fillna(0).astype("int64").to_numpy(),
-        "detail": np.asarray(detail, dtype=object),
-        "variants": np.asarray(variants, dtype=object) if not isinstance(variants, str) else variants,
-        "related": np.asarray(related, dtype=object) if not isinstance(related, str) else related,
-        "study_instance_uid": "",
-    }, columns=ISSUE_COLUMNS)
+    return pd.DataFrame(
+        {
+            "kind": kind,
+            "scope": scope,
+            "issuer_of_patient_id": coded.decode("issuer", flagged["issuer"]).to_numpy(),
+            "patient_id": coded.decode("pid", flagged["pid"]).to_numpy(),
+            "n_studies": coded.studies.reindex(keys).fillna(0).astype("int64").to_numpy(),
+            "detail": np.asarray(detail, dtype=object),
+            "variants": np.asarray(variants, dtype=object) if not isinstance(variants, str) else variants,
+            "related": np.asarray(related, dtype=object) if not isinstance(related, str) else related,
+            "study_instance_uid": "",
+        },
+        columns=ISSUE_COLUMNS,
+    )
 
 
 def _distinct_counts(ids: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -217,8 +245,13 @@ def _distinct_counts(ids: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def _demographics_text(coded: _Coded, rows: pd.DataFrame, with_issuer: bool) -> pd.Series:
-    text = (coded.decode("name", rows["name"]) + "|" + coded.decode("birth", rows["birth"]) + "|"
-            + coded.decode("sex", rows["sex"]))
+    text = (
+        coded.decode("name", rows["name"])
+        + "|"
+        + coded.decode("birth", rows["birth"])
+        + "|"
+        + coded.decode("sex", rows["sex"])
+    )
     if with_issuer:
         text = coded.decode("issuer", rows["issuer"]) + ": " + text
     return text
@@ -243,15 +276,30 @@ def same_id_different_demographics(coded: _Coded) -> pd.DataFrame:
         members = flagged[["issuer", "pid"]].drop_duplicates().reset_index(drop=True)
         member_keys = pd.MultiIndex.from_frame(members[keys]) if len(keys) > 1 else pd.Index(members["pid"])
         per_key = counts.reindex(member_keys)
-        detail = ("names=" + per_key["name"].astype(str) + " birth_dates=" + per_key["birth"].astype(str)
-                  + " sexes=" + per_key["sex"].astype(str))
+        detail = (
+            "names="
+            + per_key["name"].astype(str)
+            + " birth_dates="
+            + per_key["birth"].astype(str)
+            + " sexes="
+            + per_key["sex"].astype(str)
+        )
         related: pd.Series | str = ""
         if scope == "across_issuers":
             names = coded.decode("issuer", members["issuer"])
             joined = names.groupby(members["pid"]).agg(lambda s: "|".join(sorted(s)))
             related = members["pid"].map(joined)
-        out.append(_rows(coded, members, SAME_ID_DIFFERENT_DEMOGRAPHICS, scope, detail.to_numpy(),
-                         variants.reindex(member_keys).to_numpy(), related))
+        out.append(
+            _rows(
+                coded,
+                members,
+                SAME_ID_DIFFERENT_DEMOGRAPHICS,
+                scope,
+                detail.to_numpy(),
+                variants.reindex(member_keys).to_numpy(),
+                related,
+            )
+        )
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=ISSUE_COLUMNS)
 
 
@@ -269,12 +317,20 @@ def same_demographics_different_ids(coded: _Coded) -> pd.DataFrame:
     related = identity.groupby(group).agg(lambda s: "|".join(sorted(s)))
     issuers = rows.groupby(group)["issuer"].nunique()
     scope = np.where(group.map(issuers).to_numpy() > 1, "across_issuers", "within_issuer")
-    return _rows(coded, rows, SAME_DEMOGRAPHICS_DIFFERENT_IDS, scope, ("ids=" + rows["n_ids"].astype(str)).to_numpy(),
-                 _demographics_text(coded, rows, with_issuer=False).to_numpy(), group.map(related).to_numpy())
+    return _rows(
+        coded,
+        rows,
+        SAME_DEMOGRAPHICS_DIFFERENT_IDS,
+        scope,
+        ("ids=" + rows["n_ids"].astype(str)).to_numpy(),
+        _demographics_text(coded, rows, with_issuer=False).to_numpy(),
+        group.map(related).to_numpy(),
+    )
 
 
-def id_format_outliers(coded: _Coded, *, outlier_share: float = 0.2, dominant_share: float = 0.5,
-                       min_ids: int = 5) -> pd.DataFrame:
+def id_format_outliers(
+    coded: _Coded, *, outlier_share: float = 0.2, dominant_share: float = 0.5, min_ids: int = 5
+) -> pd.DataFrame:
     """IDs whose format is rare (< ``outlier_share``) in an issuer one format dominates.
 
     Issuers with fewer than ``min_ids`` distinct IDs, or without a pattern covering at least
@@ -289,15 +345,28 @@ def id_format_outliers(coded: _Coded, *, outlier_share: float = 0.2, dominant_sh
     per["total"] = per.groupby("issuer")["n"].transform("sum")
     per["share"] = per["n"] / per["total"]
     top = per.sort_values(["issuer", "n"], ascending=[True, False]).drop_duplicates("issuer")
-    per = per.merge(top[["issuer", "pattern", "share"]].rename(columns={"pattern": "usual", "share": "usual_share"}),
-                    on="issuer")
-    rare = per[(per["share"] < outlier_share) & (per["usual_share"] >= dominant_share) & (per["total"] >= min_ids)]
+    per = per.merge(
+        top[["issuer", "pattern", "share"]].rename(columns={"pattern": "usual", "share": "usual_share"}),
+        on="issuer",
+    )
+    rare = per[
+        (per["share"] < outlier_share) & (per["usual_share"] >= dominant_share) & (per["total"] >= min_ids)
+    ]
     if rare.empty:
         return pd.DataFrame(columns=ISSUE_COLUMNS)
     rows = ids.merge(rare, on=["issuer", "pattern"]).reset_index(drop=True)
     text = patterns.text.to_pylist()  # distinct patterns: few
-    detail = ("pattern " + rows["pattern"].map(text.__getitem__) + " (" + rows["n"].astype(str) + " of "
-              + rows["total"].astype(str) + " IDs of the issuer; usual " + rows["usual"].map(text.__getitem__) + ")")
+    detail = (
+        "pattern "
+        + rows["pattern"].map(text.__getitem__)
+        + " ("
+        + rows["n"].astype(str)
+        + " of "
+        + rows["total"].astype(str)
+        + " IDs of the issuer; usual "
+        + rows["usual"].map(text.__getitem__)
+        + ")"
+    )
     return _rows(coded, rows, ID_FORMAT_OUTLIER, "within_issuer", detail.to_numpy())
 
 
@@ -305,13 +374,22 @@ def missing_patient_ids(inventory: Inventory) -> pd.DataFrame:
     """One row per study without a Patient ID."""
     mask = pc.is_null(_arrow(inventory["patient_id"]))
     issuers = pc.fill_null(pc.filter(_arrow(inventory["issuer_of_patient_id"]), mask), "")
-    return pd.DataFrame({
-        "kind": MISSING_PATIENT_ID, "scope": "study",
-        "issuer_of_patient_id": np.asarray(issuers.to_pylist(), dtype=object),
-        "patient_id": "", "n_studies": 1, "detail": "study without PatientID", "variants": "", "related": "",
-        "study_instance_uid": np.asarray(pc.filter(_arrow(inventory["study_instance_uid"]), mask).to_pylist(),
-                                         dtype=object),
-    }, columns=ISSUE_COLUMNS)
+    return pd.DataFrame(
+        {
+            "kind": MISSING_PATIENT_ID,
+            "scope": "study",
+            "issuer_of_patient_id": np.asarray(issuers.to_pylist(), dtype=object),
+            "patient_id": "",
+            "n_studies": 1,
+            "detail": "study without PatientID",
+            "variants": "",
+            "related": "",
+            "study_instance_uid": np.asarray(
+                pc.filter(_arrow(inventory["study_instance_uid"]), mask).to_pylist(), dtype=object
+            ),
+        },
+        columns=ISSUE_COLUMNS,
+    )
 
 
 def patient_id_issues(inventory: Inventory, *, outlier_share: float = 0.2) -> pd.DataFrame:
@@ -337,7 +415,9 @@ def patient_id_issues(inventory: Inventory, *, outlier_share: float = 0.2) -> pd
     if not parts:
         return pd.DataFrame(columns=ISSUE_COLUMNS)
     issues = pd.concat(parts, ignore_index=True)
-    return issues.sort_values(["kind", "issuer_of_patient_id", "patient_id"], kind="stable").reset_index(drop=True)
+    return issues.sort_values(["kind", "issuer_of_patient_id", "patient_id"], kind="stable").reset_index(
+        drop=True
+    )
 
 
 def summarise(issues: pd.DataFrame) -> dict[str, int]:

@@ -50,40 +50,54 @@ class InventoryTruncated(DicomError):
 
 #: Return keys of the STUDY-level query (empty value = "return this attribute").
 STUDY_RETURN_KEYS: dict[str, str] = {
-    "StudyInstanceUID": "", "StudyDate": "", "StudyTime": "", "AccessionNumber": "",
-    "PatientID": "", "IssuerOfPatientID": "", "PatientName": "", "PatientBirthDate": "",
-    "PatientSex": "", "StudyDescription": "", "ModalitiesInStudy": "",
-    "NumberOfStudyRelatedSeries": "", "NumberOfStudyRelatedInstances": "",
+    "StudyInstanceUID": "",
+    "StudyDate": "",
+    "StudyTime": "",
+    "AccessionNumber": "",
+    "PatientID": "",
+    "IssuerOfPatientID": "",
+    "PatientName": "",
+    "PatientBirthDate": "",
+    "PatientSex": "",
+    "StudyDescription": "",
+    "ModalitiesInStudy": "",
+    "NumberOfStudyRelatedSeries": "",
+    "NumberOfStudyRelatedInstances": "",
 }
 
 SERIES_RETURN_KEYS: dict[str, str] = {
-    "SeriesInstanceUID": "", "Modality": "", "NumberOfSeriesRelatedInstances": "",
-    "Manufacturer": "", "ManufacturerModelName": "",
+    "SeriesInstanceUID": "",
+    "Modality": "",
+    "NumberOfSeriesRelatedInstances": "",
+    "Manufacturer": "",
+    "ManufacturerModelName": "",
 }
 
 #: The inventory's columns and types (parts and the merged file share it).
-SCHEMA = pa.schema([
-    ("study_instance_uid", pa.string()),
-    ("patient_id", pa.string()),
-    ("issuer_of_patient_id", pa.string()),
-    ("patient_name", pa.string()),
-    ("patient_birth_date", pa.string()),
-    ("patient_sex", pa.string()),
-    ("study_date", pa.date32()),
-    ("study_date_raw", pa.string()),
-    ("study_date_status", pa.string()),
-    ("study_time", pa.string()),
-    ("accession_number", pa.string()),
-    ("study_description", pa.string()),
-    ("modalities", pa.string()),
-    ("primary_modality", pa.string()),
-    ("n_series", pa.int64()),
-    ("n_instances", pa.int64()),
-    ("counts_source", pa.string()),
-    ("manufacturer", pa.string()),
-    ("est_bytes", pa.int64()),
-    ("window", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("study_instance_uid", pa.string()),
+        ("patient_id", pa.string()),
+        ("issuer_of_patient_id", pa.string()),
+        ("patient_name", pa.string()),
+        ("patient_birth_date", pa.string()),
+        ("patient_sex", pa.string()),
+        ("study_date", pa.date32()),
+        ("study_date_raw", pa.string()),
+        ("study_date_status", pa.string()),
+        ("study_time", pa.string()),
+        ("accession_number", pa.string()),
+        ("study_description", pa.string()),
+        ("modalities", pa.string()),
+        ("primary_modality", pa.string()),
+        ("n_series", pa.int64()),
+        ("n_instances", pa.int64()),
+        ("counts_source", pa.string()),
+        ("manufacturer", pa.string()),
+        ("est_bytes", pa.int64()),
+        ("window", pa.string()),
+    ]
+)
 
 #: ``study_date_status`` values: the date is usable, absent, or present but not a valid YYYYMMDD.
 DATE_OK, DATE_MISSING, DATE_MALFORMED = "ok", "missing", "malformed"
@@ -225,8 +239,9 @@ PATIENT_ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu
 MAX_PREFIX = 16
 
 
-def split_by_patient_id(client: FindClient, keys: dict[str, str], cap: int, what: str,
-                        prefix: str = "") -> dict[str, Dataset]:
+def split_by_patient_id(
+    client: FindClient, keys: dict[str, str], cap: int, what: str, prefix: str = ""
+) -> dict[str, Dataset]:
     """Re-query a capped query per PatientID prefix (wildcard matching ``MRN1*``), recursively."""
     found: dict[str, Dataset] = {}
     for char in PATIENT_ID_ALPHABET:
@@ -238,13 +253,16 @@ def split_by_patient_id(client: FindClient, keys: dict[str, str], cap: int, what
         elif len(pattern) < MAX_PREFIX:
             found.update(split_by_patient_id(client, keys, cap, what, pattern))
         else:
-            raise InventoryTruncated(f"C-FIND {what} PatientID={pattern}* still returned {len(result)} answers "
-                                     f"(cap {cap}); raise find_cap if the source allows more answers per query")
+            raise InventoryTruncated(
+                f"C-FIND {what} PatientID={pattern}* still returned {len(result)} answers "
+                f"(cap {cap}); raise find_cap if the source allows more answers per query"
+            )
     return found
 
 
-def split_by_modality(client: FindClient, base: dict[str, str], cap: int, capped: FindResult,
-                      what: str) -> dict[str, Dataset]:
+def split_by_modality(
+    client: FindClient, base: dict[str, str], cap: int, capped: FindResult, what: str
+) -> dict[str, Dataset]:
     """Re-query a capped query that dates cannot split: per ModalitiesInStudy, then PatientID prefix.
 
     Raises
@@ -272,9 +290,11 @@ def split_by_modality(client: FindClient, base: dict[str, str], cap: int, capped
     if lost:
         raise InventoryTruncated(
             f"C-FIND {what}: splitting by ModalitiesInStudy/PatientID lost {len(lost)} of the studies the "
-            f"capped answer listed (e.g. {lost[0]}); the source does not match on these keys.")
-    logger.warning("C-FIND %s hit the cap (%d); split by ModalitiesInStudy into %d studies", what, cap,
-                   len(found))
+            f"capped answer listed (e.g. {lost[0]}); the source does not match on these keys."
+        )
+    logger.warning(
+        "C-FIND %s hit the cap (%d); split by ModalitiesInStudy into %d studies", what, cap, len(found)
+    )
     return found
 
 
@@ -293,8 +313,15 @@ def find_window(client: FindClient, window: DateWindow, cap: int, stats: WindowS
             first, second = current.split()
             pending.extend([second, first])  # depth first, oldest half first
             stats.splits += 1
-            logger.info("window %s: %d answers (cap %d, status %s): split into %s and %s", current.label,
-                        len(result), cap, result.status, first.label, second.label)
+            logger.info(
+                "window %s: %d answers (cap %d, status %s): split into %s and %s",
+                current.label,
+                len(result),
+                cap,
+                result.status,
+                first.label,
+                second.label,
+            )
             continue
         day = current.dicom_range
         found.update(split_by_modality(client, {"StudyDate": day}, cap, result, f"StudyDate={day}"))
@@ -311,18 +338,22 @@ def find_undated(client: FindClient, cap: int) -> dict[str, Dataset]:
         everything = split_by_modality(client, {}, cap, result, "universal (undated studies)")
     else:
         _by_uid(result.identifiers, everything, "universal (undated studies)")
-    return {uid: ds for uid, ds in everything.items()
-            if parse_study_date(text(ds, "StudyDate"))[1] != DATE_OK}
+    return {
+        uid: ds for uid, ds in everything.items() if parse_study_date(text(ds, "StudyDate"))[1] != DATE_OK
+    }
 
 
 def walk_study(client: FindClient, study_instance_uid: str, cap: int) -> dict[str, Any]:
     """Counts, modalities and manufacturers of one study from SERIES (and IMAGE) level answers."""
-    series = client.find(query_dataset("SERIES", {"StudyInstanceUID": study_instance_uid,
-                                                  **SERIES_RETURN_KEYS}))
+    series = client.find(
+        query_dataset("SERIES", {"StudyInstanceUID": study_instance_uid, **SERIES_RETURN_KEYS})
+    )
     _check_failed(series, f"SERIES below {study_instance_uid}")
     if _is_capped(series, cap) or not series.complete:
-        raise InventoryTruncated(f"C-FIND SERIES below study {study_instance_uid}: {len(series)} answers, "
-                                 f"status {series.status} (cap {cap}); cannot count this study")
+        raise InventoryTruncated(
+            f"C-FIND SERIES below study {study_instance_uid}: {len(series)} answers, "
+            f"status {series.status} (cap {cap}); cannot count this study"
+        )
     series_uids: set[str] = set()
     modalities: set[str] = set()
     manufacturers: set[str] = set()
@@ -341,27 +372,40 @@ def walk_study(client: FindClient, study_instance_uid: str, cap: int) -> dict[st
             n = count_images(client, study_instance_uid, uid, cap)
             source = "image"
         instances += n
-    return {"n_series": len(series_uids), "n_instances": instances,
-            "modalities": MODALITY_SEPARATOR.join(sorted(modalities)) or None,
-            "primary_modality": primary_modality(modalities),
-            "manufacturer": MODALITY_SEPARATOR.join(sorted(manufacturers)) or None,
-            "counts_source": source}
+    return {
+        "n_series": len(series_uids),
+        "n_instances": instances,
+        "modalities": MODALITY_SEPARATOR.join(sorted(modalities)) or None,
+        "primary_modality": primary_modality(modalities),
+        "manufacturer": MODALITY_SEPARATOR.join(sorted(manufacturers)) or None,
+        "counts_source": source,
+    }
 
 
 def count_images(client: FindClient, study_instance_uid: str, series_instance_uid: str, cap: int) -> int:
     """Instances of one series by IMAGE-level C-FIND (unique SOPInstanceUIDs)."""
-    result = client.find(query_dataset("IMAGE", {"StudyInstanceUID": study_instance_uid,
-                                                 "SeriesInstanceUID": series_instance_uid,
-                                                 "SOPInstanceUID": ""}))
+    result = client.find(
+        query_dataset(
+            "IMAGE",
+            {
+                "StudyInstanceUID": study_instance_uid,
+                "SeriesInstanceUID": series_instance_uid,
+                "SOPInstanceUID": "",
+            },
+        )
+    )
     _check_failed(result, f"IMAGE below series {series_instance_uid}")
     if _is_capped(result, cap) or not result.complete:
-        raise InventoryTruncated(f"C-FIND IMAGE below series {series_instance_uid}: {len(result)} answers, "
-                                 f"status {result.status} (cap {cap}); raise find_cap to count it")
+        raise InventoryTruncated(
+            f"C-FIND IMAGE below series {series_instance_uid}: {len(result)} answers, "
+            f"status {result.status} (cap {cap}); raise find_cap to count it"
+        )
     return len({text(ds, "SOPInstanceUID") for ds in result.identifiers} - {None})
 
 
-def records_for(client: FindClient, answers: dict[str, Dataset], label: str, cap: int,
-                stats: WindowStats) -> list[dict[str, Any]]:
+def records_for(
+    client: FindClient, answers: dict[str, Dataset], label: str, cap: int, stats: WindowStats
+) -> list[dict[str, Any]]:
     """Inventory rows for the answers of one window, walking studies that lack counts."""
     records = []
     for uid in sorted(answers):
@@ -389,8 +433,14 @@ def inventory_window(client: FindClient, label: str, cap: int) -> tuple[list[dic
     records = records_for(client, answers, label, cap, stats)
     stats.studies = len(records)
     stats.queries = client.queries - start_queries
-    logger.info("window %s: %d studies (%d queries, %d splits, %d walked)", label, stats.studies,
-                stats.queries, stats.splits, stats.walked_studies)
+    logger.info(
+        "window %s: %d studies (%d queries, %d splits, %d walked)",
+        label,
+        stats.studies,
+        stats.queries,
+        stats.splits,
+        stats.walked_studies,
+    )
     return records, stats
 
 
@@ -445,9 +495,19 @@ def merge_parts(parts: Iterable[Path], out: Path) -> dict[str, Any]:
             logger.warning("StudyInstanceUID %s is reported under more than one patient ID", uid)
     deduped = df.drop_duplicates("study_instance_uid", keep="first").reset_index(drop=True)
     write_table(frame_to_table(deduped), out)
-    summary = {"path": str(out), "studies": len(deduped), "parts": len(paths),
-               "duplicates": int(len(df) - len(deduped)), "uid_conflicts": conflicts,
-               "instances": int(deduped["n_instances"].sum()) if len(deduped) else 0}
-    logger.info("inventory: %d studies from %d parts (%d duplicate rows dropped, %d UID conflicts)",
-                summary["studies"], summary["parts"], summary["duplicates"], conflicts)
+    summary = {
+        "path": str(out),
+        "studies": len(deduped),
+        "parts": len(paths),
+        "duplicates": int(len(df) - len(deduped)),
+        "uid_conflicts": conflicts,
+        "instances": int(deduped["n_instances"].sum()) if len(deduped) else 0,
+    }
+    logger.info(
+        "inventory: %d studies from %d parts (%d duplicate rows dropped, %d UID conflicts)",
+        summary["studies"],
+        summary["parts"],
+        summary["duplicates"],
+        conflicts,
+    )
     return summary

@@ -16,7 +16,14 @@ from typing import Any
 
 from pacsmig.audit import assessment as assess_mod
 from pacsmig.audit.idhealth import write_issues
-from pacsmig.audit.inventory import frame_to_table, inventory_window, merge_parts, read_inventory, write_part, write_table
+from pacsmig.audit.inventory import (
+    frame_to_table,
+    inventory_window,
+    merge_parts,
+    read_inventory,
+    write_part,
+    write_table,
+)
 from pacsmig.audit.privatetags import write_private_tags
 from pacsmig.audit.profile import bytes_method_text, estimate_bytes
 from pacsmig.audit.report import write_report
@@ -72,7 +79,8 @@ def merge(window_results: list[dict[str, Any]], out: Path) -> dict[str, Any]:
         "splits": sum(r.get("splits", 0) for r in window_results),
         "walked_studies": sum(r.get("walked_studies", 0) for r in window_results),
         "modality_split_days": sorted(d for r in window_results for d in r.get("modality_split_days", [])),
-        "duplicates": summary["duplicates"], "uid_conflicts": summary["uid_conflicts"],
+        "duplicates": summary["duplicates"],
+        "uid_conflicts": summary["uid_conflicts"],
     }
     assess_mod.write_json(stats, out / STATS)
     return summary
@@ -89,15 +97,31 @@ def validate(out: Path) -> dict[str, Any]:
 def id_health(out: Path) -> dict[str, int]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(out / INVENTORY, columns=["study_instance_uid", "patient_id", "issuer_of_patient_id",
-                                                    "patient_name", "patient_birth_date", "patient_sex"])
+    table = pq.read_table(
+        out / INVENTORY,
+        columns=[
+            "study_instance_uid",
+            "patient_id",
+            "issuer_of_patient_id",
+            "patient_name",
+            "patient_birth_date",
+            "patient_sex",
+        ],
+    )
     return write_issues(table, out / ID_ISSUES)
 
 
-def take_samples(node: DicomNode, out: Path, samples_per_group: int = 3,
-                 candidates_per_modality: int = 10) -> dict[str, Any]:
-    return sample(node, read_inventory(out / INVENTORY), out / "samples", out / SAMPLES,
-                  samples_per_group=samples_per_group, candidates_per_modality=candidates_per_modality)
+def take_samples(
+    node: DicomNode, out: Path, samples_per_group: int = 3, candidates_per_modality: int = 10
+) -> dict[str, Any]:
+    return sample(
+        node,
+        read_inventory(out / INVENTORY),
+        out / "samples",
+        out / SAMPLES,
+        samples_per_group=samples_per_group,
+        candidates_per_modality=candidates_per_modality,
+    )
 
 
 def private_tags(out: Path) -> dict[str, int]:
@@ -105,8 +129,13 @@ def private_tags(out: Path) -> dict[str, int]:
     return write_private_tags([Path(p) for p in samples["path"]], out / PRIVATE_TAGS)
 
 
-def assess(out: Path, *, throughput_images_per_s: float = 150.0, link_mbit_s: float = 1000.0,
-           measured_images_per_s: float | None = None) -> dict[str, Any]:
+def assess(
+    out: Path,
+    *,
+    throughput_images_per_s: float = 150.0,
+    link_mbit_s: float = 1000.0,
+    measured_images_per_s: float | None = None,
+) -> dict[str, Any]:
     """Fill ``est_bytes`` in the inventory and write ``assessment.json``.
 
     ``throughput_images_per_s <= 0`` uses the rate measured while retrieving the samples.
@@ -124,14 +153,28 @@ def assess(out: Path, *, throughput_images_per_s: float = 150.0, link_mbit_s: fl
     tag_summary = _tag_summary(out / PRIVATE_TAGS)
     stats = json.loads((out / STATS).read_text()) if (out / STATS).exists() else {}
     body = assess_mod.build_assessment(
-        inventory, provenance=provenance, bytes_method=bytes_method_text(provenance),
-        throughput_images_per_s=throughput_images_per_s, link_mbit_s=link_mbit_s, throughput_source=source,
-        id_issues=id_counts, private_tags=tag_summary, inventory_stats=stats)
-    body["samples"] = {"instances": len(samples), "groups": int(samples.groupby(
-        ["modality", "manufacturer", "model"]).ngroups) if len(samples) else 0}
+        inventory,
+        provenance=provenance,
+        bytes_method=bytes_method_text(provenance),
+        throughput_images_per_s=throughput_images_per_s,
+        link_mbit_s=link_mbit_s,
+        throughput_source=source,
+        id_issues=id_counts,
+        private_tags=tag_summary,
+        inventory_stats=stats,
+    )
+    body["samples"] = {
+        "instances": len(samples),
+        "groups": int(samples.groupby(["modality", "manufacturer", "model"]).ngroups) if len(samples) else 0,
+    }
     assess_mod.write_json(body, out / ASSESSMENT)
-    return {"path": str(out / ASSESSMENT), "studies": body["studies"], "instances": body["instances"],
-            "bytes": body["bytes"], "days": body["timeline"]["days"]}
+    return {
+        "path": str(out / ASSESSMENT),
+        "studies": body["studies"],
+        "instances": body["instances"],
+        "bytes": body["bytes"],
+        "days": body["timeline"]["days"],
+    }
 
 
 def _issue_counts(path: Path) -> dict[str, int]:
@@ -149,23 +192,39 @@ def _tag_summary(path: Path) -> dict[str, int]:
     if not path.exists():
         return {}
     tags = pd.read_csv(path)
-    return {"elements": len(tags), "creators": int(tags["private_creator"].nunique()),
-            "needs_coercion_rule": int(tags["needs_coercion_rule"].astype(bool).sum())}
+    return {
+        "elements": len(tags),
+        "creators": int(tags["private_creator"].nunique()),
+        "needs_coercion_rule": int(tags["needs_coercion_rule"].astype(bool).sum()),
+    }
 
 
 def report(out: Path) -> str:
     import pandas as pd
 
     body = json.loads((out / ASSESSMENT).read_text(encoding="utf-8"))
-    tags = pd.read_csv(out / PRIVATE_TAGS, keep_default_na=False) if (out / PRIVATE_TAGS).exists() else pd.DataFrame()
+    tags = (
+        pd.read_csv(out / PRIVATE_TAGS, keep_default_na=False)
+        if (out / PRIVATE_TAGS).exists()
+        else pd.DataFrame()
+    )
     docs = "data_docs/index.html" if (out / "data_docs" / "index.html").exists() else None
     return str(write_report(body, tags, out / REPORT, docs))
 
 
-def run_audit(node: DicomNode, out: Path | None = None, *, date_from: str = "1990-01-01",
-              date_to: str | date | None = None, window: str = "year", samples_per_group: int = 3,
-              candidates_per_modality: int = 10, throughput_images_per_s: float = 150.0,
-              link_mbit_s: float = 1000.0, find_cap: int | None = None) -> dict[str, Any]:
+def run_audit(
+    node: DicomNode,
+    out: Path | None = None,
+    *,
+    date_from: str = "1990-01-01",
+    date_to: str | date | None = None,
+    window: str = "year",
+    samples_per_group: int = 3,
+    candidates_per_modality: int = 10,
+    throughput_images_per_s: float = 150.0,
+    link_mbit_s: float = 1000.0,
+    find_cap: int | None = None,
+) -> dict[str, Any]:
     """The whole audit in one process (the CLI's path; the DAG runs the same steps as tasks)."""
     folder = audit_dir(out)
     node = with_cap(node, find_cap)
@@ -176,7 +235,11 @@ def run_audit(node: DicomNode, out: Path | None = None, *, date_from: str = "199
     summary["patient_id_issues"] = id_health(folder)
     summary["samples"] = take_samples(node, folder, samples_per_group, candidates_per_modality)
     summary["private_tags"] = private_tags(folder)
-    summary["assessment"] = assess(folder, throughput_images_per_s=throughput_images_per_s, link_mbit_s=link_mbit_s,
-                                   measured_images_per_s=summary["samples"].get("images_per_s"))
+    summary["assessment"] = assess(
+        folder,
+        throughput_images_per_s=throughput_images_per_s,
+        link_mbit_s=link_mbit_s,
+        measured_images_per_s=summary["samples"].get("images_per_s"),
+    )
     summary["report"] = report(folder)
     return summary

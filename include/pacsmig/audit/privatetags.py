@@ -24,9 +24,22 @@ from pydicom.tag import BaseTag
 
 logger = logging.getLogger(__name__)
 
-PRIVATE_TAG_COLUMNS = ["private_creator", "group", "element_offset", "tag_mask", "vr", "name", "known",
-                       "count", "instances", "slots", "groups_seen", "nested", "clinical",
-                       "needs_coercion_rule"]
+PRIVATE_TAG_COLUMNS = [
+    "private_creator",
+    "group",
+    "element_offset",
+    "tag_mask",
+    "vr",
+    "name",
+    "known",
+    "count",
+    "instances",
+    "slots",
+    "groups_seen",
+    "nested",
+    "clinical",
+    "needs_coercion_rule",
+]
 
 #: Words in a dictionary name that mean the element carries a clinical (dose/acquisition) value.
 CLINICAL_PATTERN = re.compile(
@@ -35,7 +48,8 @@ CLINICAL_PATTERN = re.compile(
     r"fluoro(scopy)? time|filter (type|material)|pitch|rotation time|acquisition|"
     r"repetition time|echo time|flip angle|inversion time|b[- ]?factor|b[- ]?value|diffusion|sar|"
     r"field strength|table (speed|feed)|contrast (agent|bolus|volume)|injection)\b",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 #: Names pydicom gives elements whose meaning the vendor never published.
 _UNKNOWN_NAMES = {"", "unknown", "private data", "private"}
@@ -64,8 +78,9 @@ def private_name(creator: str, group: int, offset: int) -> tuple[str, str] | Non
 
 def _group_key(ds: Dataset) -> str:
     """``MODALITY/Manufacturer/Model`` of an instance (the private blocks vary by device)."""
-    return "/".join(str(ds.get(k, "") or "").strip() for k in ("Modality", "Manufacturer",
-                                                                "ManufacturerModelName"))
+    return "/".join(
+        str(ds.get(k, "") or "").strip() for k in ("Modality", "Manufacturer", "ManufacturerModelName")
+    )
 
 
 @dataclass
@@ -78,8 +93,9 @@ class _Seen:
     nested: bool = False
 
 
-def _walk(ds: Dataset, index: int, group_key: str, found: dict[tuple[str, int, int], _Seen],
-          nested: bool) -> None:
+def _walk(
+    ds: Dataset, index: int, group_key: str, found: dict[tuple[str, int, int], _Seen], nested: bool
+) -> None:
     for elem in ds:
         tag: BaseTag = elem.tag
         if elem.VR == "SQ":
@@ -117,15 +133,24 @@ def audit_datasets(datasets: Iterable[Dataset]) -> pd.DataFrame:
         vr_seen = ";".join(sorted(seen.vr))
         name = entry[1] if entry else ""
         clinical = is_clinical(name)
-        rows.append({
-            "private_creator": creator, "group": group, "element_offset": offset,
-            "tag_mask": f"({group:04X},xx{offset:02X})",
-            "vr": entry[0] if entry and entry[0] not in ("", "UN") else vr_seen,
-            "name": name, "known": entry is not None, "count": seen.count, "instances": len(seen.instances),
-            "slots": ";".join(f"0x{s:02X}" for s in sorted(seen.slots)),
-            "groups_seen": ";".join(sorted(seen.groups)), "nested": seen.nested,
-            "clinical": clinical, "needs_coercion_rule": clinical,
-        })
+        rows.append(
+            {
+                "private_creator": creator,
+                "group": group,
+                "element_offset": offset,
+                "tag_mask": f"({group:04X},xx{offset:02X})",
+                "vr": entry[0] if entry and entry[0] not in ("", "UN") else vr_seen,
+                "name": name,
+                "known": entry is not None,
+                "count": seen.count,
+                "instances": len(seen.instances),
+                "slots": ";".join(f"0x{s:02X}" for s in sorted(seen.slots)),
+                "groups_seen": ";".join(sorted(seen.groups)),
+                "nested": seen.nested,
+                "clinical": clinical,
+                "needs_coercion_rule": clinical,
+            }
+        )
     return pd.DataFrame(rows, columns=PRIVATE_TAG_COLUMNS)
 
 
@@ -146,8 +171,11 @@ def write_private_tags(paths: Iterable[Path], out: Path) -> dict[str, int]:
     tmp = out.with_name(f".{out.name}.tmp")
     table.to_csv(tmp, index=False)
     tmp.replace(out)
-    summary = {"elements": len(table), "creators": int(table["private_creator"].nunique()),
-               "needs_coercion_rule": int(table["needs_coercion_rule"].sum()),
-               "unknown": int((~table["known"].astype(bool)).sum())}
+    summary = {
+        "elements": len(table),
+        "creators": int(table["private_creator"].nunique()),
+        "needs_coercion_rule": int(table["needs_coercion_rule"].sum()),
+        "unknown": int((~table["known"].astype(bool)).sum()),
+    }
     logger.info("private tags: %s", summary)
     return summary

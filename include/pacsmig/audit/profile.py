@@ -7,23 +7,40 @@ from collections.abc import Iterable
 import pandas as pd
 
 #: DICOM PS3.3 C.7.3.1.1.1 Modality defined terms, current and retired (legacy archives hold both).
-KNOWN_MODALITIES: frozenset[str] = frozenset("""
+KNOWN_MODALITIES: frozenset[str] = frozenset(
+    """
 ANN AR ASMT AU BDUS BI BMD CFM CR CT CTPROTOCOL DG DMS DOC DX ECG EEG EMG EOG EPS ES FID GM HC HD
 IO IOL IVOCT IVUS KER KO LEN LS M3D MG MR NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PA PLAN
 POS PR PT PX REG RESP RF RG RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV
 SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA XAPROTOCOL XC
 AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF
-""".split())
+""".split()
+)
 
 #: Modalities that accompany images rather than being the study's imaging (reports, states, keys).
 ANCILLARY_MODALITIES: frozenset[str] = frozenset(
-    "SR PR KO DOC SEG REG OT RWV FID PLAN ANN ASMT RTSTRUCT RTPLAN RTDOSE RTRECORD".split())
+    "SR PR KO DOC SEG REG OT RWV FID PLAN ANN ASMT RTSTRUCT RTPLAN RTDOSE RTRECORD".split()
+)
 
 #: Typical Part-10 bytes per instance, used only for modalities that could not be sampled.
 NOMINAL_INSTANCE_BYTES: dict[str, int] = {
-    "CT": 525_000, "MR": 260_000, "PT": 180_000, "NM": 400_000, "CR": 8_000_000, "DX": 10_000_000,
-    "MG": 40_000_000, "US": 1_200_000, "XA": 20_000_000, "RF": 5_000_000, "SR": 40_000, "PR": 20_000,
-    "KO": 10_000, "OT": 1_000_000, "ES": 2_000_000, "XC": 3_000_000, "SM": 500_000_000,
+    "CT": 525_000,
+    "MR": 260_000,
+    "PT": 180_000,
+    "NM": 400_000,
+    "CR": 8_000_000,
+    "DX": 10_000_000,
+    "MG": 40_000_000,
+    "US": 1_200_000,
+    "XA": 20_000_000,
+    "RF": 5_000_000,
+    "SR": 40_000,
+    "PR": 20_000,
+    "KO": 10_000,
+    "OT": 1_000_000,
+    "ES": 2_000_000,
+    "XC": 3_000_000,
+    "SM": 500_000_000,
 }
 DEFAULT_INSTANCE_BYTES = 1_000_000
 
@@ -95,12 +112,19 @@ def size_profile(samples: pd.DataFrame) -> pd.DataFrame:
     weight = frame["series_instances"] if "series_instances" in frame else pd.Series(1, index=frame.index)
     frame["weight"] = weight.fillna(0).astype("float64").where(lambda w: w > 0, 1.0)
     per_series = frame.groupby(["modality", "series_instance_uid"]).agg(
-        mean=("size_bytes", "mean"), weight=("weight", "first"))
+        mean=("size_bytes", "mean"), weight=("weight", "first")
+    )
     per_series["product"] = per_series["mean"] * per_series["weight"]
     sums = per_series.groupby("modality")[["product", "weight"]].sum()
     grouped = frame.groupby("modality")["size_bytes"]
-    out = pd.DataFrame({"n": grouped.size(), "mean_bytes": sums["product"] / sums["weight"],
-                        "min_bytes": grouped.min(), "max_bytes": grouped.max()})
+    out = pd.DataFrame(
+        {
+            "n": grouped.size(),
+            "mean_bytes": sums["product"] / sums["weight"],
+            "min_bytes": grouped.min(),
+            "max_bytes": grouped.max(),
+        }
+    )
     out.index.name = "modality"
     return out[columns]
 
@@ -125,13 +149,19 @@ def estimate_bytes(inventory: pd.DataFrame, samples: pd.DataFrame) -> tuple[pd.S
         if modality in profile.index:
             row = profile.loc[modality]
             per_instance[modality] = float(row["mean_bytes"])
-            provenance[modality or "?"] = {"method": "sampled", "instances_sampled": int(row["n"]),
-                                           "bytes_per_instance": round(float(row["mean_bytes"]))}
+            provenance[modality or "?"] = {
+                "method": "sampled",
+                "instances_sampled": int(row["n"]),
+                "bytes_per_instance": round(float(row["mean_bytes"])),
+            }
         else:
             nominal = NOMINAL_INSTANCE_BYTES.get(modality, DEFAULT_INSTANCE_BYTES)
             per_instance[modality] = float(nominal)
-            provenance[modality or "?"] = {"method": "nominal", "instances_sampled": 0,
-                                           "bytes_per_instance": nominal}
+            provenance[modality or "?"] = {
+                "method": "nominal",
+                "instances_sampled": 0,
+                "bytes_per_instance": nominal,
+            }
     factor = modalities.map(per_instance).astype("float64")
     est = (inventory["n_instances"].astype("float64") * factor).round().astype("int64")
     return est, provenance
@@ -141,12 +171,15 @@ def bytes_method_text(provenance: dict[str, dict]) -> str:
     """One sentence for the report saying how ``bytes`` was obtained."""
     sampled = sorted(m for m, p in provenance.items() if p["method"] == "sampled")
     nominal = sorted(m for m, p in provenance.items() if p["method"] == "nominal")
-    text = ("Estimated, not measured: for each study, its instance count (from C-FIND) times the mean "
-            "Part-10 size per instance of the samples retrieved for the study's primary modality "
-            "(each sampled series weighted by its instance count)")
+    text = (
+        "Estimated, not measured: for each study, its instance count (from C-FIND) times the mean "
+        "Part-10 size per instance of the samples retrieved for the study's primary modality "
+        "(each sampled series weighted by its instance count)"
+    )
     if sampled:
-        text += " (sampled: " + ", ".join(
-            f"{m} n={provenance[m]['instances_sampled']}" for m in sampled) + ")"
+        text += (
+            " (sampled: " + ", ".join(f"{m} n={provenance[m]['instances_sampled']}" for m in sampled) + ")"
+        )
     if nominal:
         text += "; modalities without a sample use a nominal size per instance (" + ", ".join(nominal) + ")"
     return text + ". Sizes are as received in the negotiated transfer syntax."

@@ -28,14 +28,21 @@ from pacsmig.dicom.find import FindClient, query_dataset
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_SCHEMA = pa.schema([
-    ("study_instance_uid", pa.string()), ("series_instance_uid", pa.string()),
-    ("sop_instance_uid", pa.string()), ("modality", pa.string()), ("manufacturer", pa.string()),
-    ("model", pa.string()), ("path", pa.string()), ("size_bytes", pa.int64()),
-    ("transfer_syntax_uid", pa.string()),
-    # instances in the sampled series: the weight of this sample in the bytes estimate
-    ("series_instances", pa.int64()),
-])
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("study_instance_uid", pa.string()),
+        ("series_instance_uid", pa.string()),
+        ("sop_instance_uid", pa.string()),
+        ("modality", pa.string()),
+        ("manufacturer", pa.string()),
+        ("model", pa.string()),
+        ("path", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("transfer_syntax_uid", pa.string()),
+        # instances in the sampled series: the weight of this sample in the bytes estimate
+        ("series_instances", pa.int64()),
+    ]
+)
 
 
 @dataclass
@@ -55,7 +62,8 @@ def candidate_studies(inventory: pd.DataFrame, per_modality: int) -> dict[str, l
     order = pd.util.hash_pandas_object(frame["study_instance_uid"], index=False).to_numpy()
     frame = frame.assign(_order=order).sort_values("_order", kind="stable")
     exploded = frame.assign(modality=frame["modalities"].str.split(MODALITY_SEPARATOR, regex=False)).explode(
-        "modality")
+        "modality"
+    )
     picked = exploded.groupby("modality", sort=True).head(per_modality)
     return {str(m): list(g["study_instance_uid"]) for m, g in picked.groupby("modality", sort=True)}
 
@@ -69,18 +77,33 @@ def list_series(client: FindClient, study_instance_uids: list[str]) -> pd.DataFr
             series = text(ds, "SeriesInstanceUID")
             if series is None:
                 continue
-            rows.append({"study_instance_uid": uid, "series_instance_uid": series,
-                         "modality": MODALITY_SEPARATOR.join(normalise_modalities(ds.get("Modality") or [])),
-                         "manufacturer": text(ds, "Manufacturer") or "",
-                         "model": text(ds, "ManufacturerModelName") or "",
-                         "n": count(ds, "NumberOfSeriesRelatedInstances")})
-    return pd.DataFrame(rows, columns=["study_instance_uid", "series_instance_uid", "modality", "manufacturer",
-                                       "model", "n"]).drop_duplicates("series_instance_uid")
+            rows.append(
+                {
+                    "study_instance_uid": uid,
+                    "series_instance_uid": series,
+                    "modality": MODALITY_SEPARATOR.join(normalise_modalities(ds.get("Modality") or [])),
+                    "manufacturer": text(ds, "Manufacturer") or "",
+                    "model": text(ds, "ManufacturerModelName") or "",
+                    "n": count(ds, "NumberOfSeriesRelatedInstances"),
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["study_instance_uid", "series_instance_uid", "modality", "manufacturer", "model", "n"]
+    ).drop_duplicates("series_instance_uid")
 
 
 def _sops(client: FindClient, study: str, series: str) -> list[str]:
-    result = client.find(query_dataset("IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series,
-                                                 "SOPInstanceUID": "", "InstanceNumber": ""}))
+    result = client.find(
+        query_dataset(
+            "IMAGE",
+            {
+                "StudyInstanceUID": study,
+                "SeriesInstanceUID": series,
+                "SOPInstanceUID": "",
+                "InstanceNumber": "",
+            },
+        )
+    )
     uids = {text(ds, "SOPInstanceUID") for ds in result.identifiers} - {None}
     return sorted(uids)  # type: ignore[arg-type]
 
@@ -92,8 +115,13 @@ def plan_samples(client: FindClient, series: pd.DataFrame, samples_per_group: in
         by_study: dict[str, list[str]] = defaultdict(list)
         for row in members.sort_values(["study_instance_uid", "series_instance_uid"]).itertuples():
             by_study[row.study_instance_uid].append(row.series_instance_uid)
-        queue = [(study, s) for rank in range(max(len(v) for v in by_study.values()))
-                 for study, v in sorted(by_study.items()) if rank < len(v) for s in [v[rank]]]
+        queue = [
+            (study, s)
+            for rank in range(max(len(v) for v in by_study.values()))
+            for study, v in sorted(by_study.items())
+            if rank < len(v)
+            for s in [v[rank]]
+        ]
         taken = 0
         cursor: dict[str, int] = defaultdict(int)
         cache: dict[str, list[str]] = {}
@@ -118,7 +146,9 @@ def plan_samples(client: FindClient, series: pd.DataFrame, samples_per_group: in
     return list(picks.values())
 
 
-def retrieve_samples(node: DicomNode, picks: list[SamplePick], dest: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+def retrieve_samples(
+    node: DicomNode, picks: list[SamplePick], dest: Path
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Retrieve the picks into ``dest`` and describe every file received (from its own header)."""
     from pacsmig.dicom.retrieve import retrieve
 
@@ -126,44 +156,75 @@ def retrieve_samples(node: DicomNode, picks: list[SamplePick], dest: Path) -> tu
     missing = 0
     started = time.perf_counter()
     for pick in picks:
-        result = retrieve(node, dest, study_instance_uid=pick.study_instance_uid,
-                          series_instance_uid=pick.series_instance_uid, sop_instance_uids=pick.sop_instance_uids,
-                          quarantine_root=dest.parent / "samples_quarantine")
+        result = retrieve(
+            node,
+            dest,
+            study_instance_uid=pick.study_instance_uid,
+            series_instance_uid=pick.series_instance_uid,
+            sop_instance_uids=pick.sop_instance_uids,
+            quarantine_root=dest.parent / "samples_quarantine",
+        )
         wanted = set(pick.sop_instance_uids)
         got = {uid: inst for uid, inst in result.received.items() if uid in wanted}
         missing += len(wanted - set(got))
         for uid, inst in sorted(got.items()):
-            ds = dcmread(inst.path, stop_before_pixels=True,
-                         specific_tags=["Modality", "Manufacturer", "ManufacturerModelName"])
-            rows.append({"study_instance_uid": pick.study_instance_uid,
-                         "series_instance_uid": pick.series_instance_uid, "sop_instance_uid": uid,
-                         "modality": str(ds.get("Modality", "") or pick.group[0]).strip().upper(),
-                         "manufacturer": str(ds.get("Manufacturer", "") or "").strip(),
-                         "model": str(ds.get("ManufacturerModelName", "") or "").strip(),
-                         "path": str(inst.path), "size_bytes": int(inst.size_bytes),
-                         "transfer_syntax_uid": str(inst.transfer_syntax_uid),
-                         "series_instances": pick.series_instances})
+            ds = dcmread(
+                inst.path,
+                stop_before_pixels=True,
+                specific_tags=["Modality", "Manufacturer", "ManufacturerModelName"],
+            )
+            rows.append(
+                {
+                    "study_instance_uid": pick.study_instance_uid,
+                    "series_instance_uid": pick.series_instance_uid,
+                    "sop_instance_uid": uid,
+                    "modality": str(ds.get("Modality", "") or pick.group[0]).strip().upper(),
+                    "manufacturer": str(ds.get("Manufacturer", "") or "").strip(),
+                    "model": str(ds.get("ManufacturerModelName", "") or "").strip(),
+                    "path": str(inst.path),
+                    "size_bytes": int(inst.size_bytes),
+                    "transfer_syntax_uid": str(inst.transfer_syntax_uid),
+                    "series_instances": pick.series_instances,
+                }
+            )
     elapsed = time.perf_counter() - started
     if missing:
-        logger.warning("samples: %d picked instances did not arrive (estimate uses the %d that did)", missing,
-                       len(rows))
+        logger.warning(
+            "samples: %d picked instances did not arrive (estimate uses the %d that did)", missing, len(rows)
+        )
     frame = pd.DataFrame(rows, columns=SAMPLE_SCHEMA.names)
-    stats = {"instances": len(rows), "missing": missing, "seconds": elapsed,
-             "images_per_s": len(rows) / elapsed if elapsed > 0 and rows else 0.0,
-             "groups": int(frame.groupby(["modality", "manufacturer", "model"]).ngroups) if rows else 0}
+    stats = {
+        "instances": len(rows),
+        "missing": missing,
+        "seconds": elapsed,
+        "images_per_s": len(rows) / elapsed if elapsed > 0 and rows else 0.0,
+        "groups": int(frame.groupby(["modality", "manufacturer", "model"]).ngroups) if rows else 0,
+    }
     return frame, stats
 
 
-def sample(node: DicomNode, inventory: pd.DataFrame, dest: Path, manifest: Path, *, samples_per_group: int = 3,
-           candidates_per_modality: int = 10) -> dict[str, Any]:
+def sample(
+    node: DicomNode,
+    inventory: pd.DataFrame,
+    dest: Path,
+    manifest: Path,
+    *,
+    samples_per_group: int = 3,
+    candidates_per_modality: int = 10,
+) -> dict[str, Any]:
     """Choose, retrieve and describe the samples; writes ``manifest`` (parquet) and returns stats."""
     candidates = candidate_studies(inventory, candidates_per_modality)
     uids = sorted({u for v in candidates.values() for u in v})
     with FindClient(node) as client:
         series = list_series(client, uids)
         picks = plan_samples(client, series, samples_per_group)
-    logger.info("samples: %d candidate studies, %d series, %d groups, %d instances picked", len(uids), len(series),
-                len({p.group for p in picks}), sum(len(p.sop_instance_uids) for p in picks))
+    logger.info(
+        "samples: %d candidate studies, %d series, %d groups, %d instances picked",
+        len(uids),
+        len(series),
+        len({p.group for p in picks}),
+        sum(len(p.sop_instance_uids) for p in picks),
+    )
     frame, stats = retrieve_samples(node, picks, dest)
     write_table(pa.Table.from_pandas(frame, schema=SAMPLE_SCHEMA, preserve_index=False), manifest)
     stats.update({"candidate_studies": len(uids), "series_listed": len(series), "path": str(manifest)})

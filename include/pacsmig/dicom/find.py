@@ -53,8 +53,12 @@ class FindResult:
     @property
     def failed(self) -> bool:
         """A failure status other than the ones that mean "too many matches"."""
-        return (self.status is not None and not self.complete and not self.truncated_by_peer
-                and code_to_category(self.status) == "Failure")
+        return (
+            self.status is not None
+            and not self.complete
+            and not self.truncated_by_peer
+            and code_to_category(self.status) == "Failure"
+        )
 
     def __len__(self) -> int:
         return len(self.identifiers)
@@ -86,8 +90,10 @@ class FindClient:
         node = self.node
         assoc = self._ae.associate(node.host, node.port, ae_title=node.ae_title)
         if not assoc.is_established:
-            raise DicomError(f"C-FIND: association to {node.ae_title}@{node.host}:{node.port} "
-                             f"was rejected or failed (our AE {node.calling_ae_title})")
+            raise DicomError(
+                f"C-FIND: association to {node.ae_title}@{node.host}:{node.port} "
+                f"was rejected or failed (our AE {node.calling_ae_title})"
+            )
         self._assoc = assoc
         return assoc
 
@@ -106,11 +112,14 @@ class FindClient:
                 if elapsed < 0.9 * self.node.timeout:
                     # not our timeout: the peer aborted (e.g. Orthanc aborts unknown calling AEs). That
                     # says nothing about the size of the answer, so it must not be taken for truncation.
-                    raise DicomError(f"C-FIND to {self.node.ae_title}@{self.node.host}:{self.node.port} was "
-                                     f"aborted by the peer after {elapsed:.1f}s ({len(result.identifiers)} "
-                                     f"matches); is our AE {self.node.calling_ae_title} known to it?")
-                logger.warning("C-FIND to %s timed out after %d matches", self.node.ae_title,
-                               len(result.identifiers))
+                    raise DicomError(
+                        f"C-FIND to {self.node.ae_title}@{self.node.host}:{self.node.port} was "
+                        f"aborted by the peer after {elapsed:.1f}s ({len(result.identifiers)} "
+                        f"matches); is our AE {self.node.calling_ae_title} known to it?"
+                    )
+                logger.warning(
+                    "C-FIND to %s timed out after %d matches", self.node.ae_title, len(result.identifiers)
+                )
                 return result
             if code_to_category(code) == "Pending":
                 if match is not None:
@@ -133,8 +142,9 @@ class FindClient:
     def __enter__(self) -> FindClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc is not None and self._assoc is not None and self._assoc.is_established:
             self._assoc.abort()
             self._assoc = None

@@ -38,7 +38,7 @@ def _step(study: dict[str, Any]) -> tuple[Any, str, bool]:
     from pacsmig.migrate.pipeline import claim
 
     context = get_current_context()
-    context["study_label"] = study["label"]  # type: ignore[typeddict-unknown-key]
+    context["study_label"] = str(study["label"])  # type: ignore[typeddict-unknown-key]
     ti = context["ti"]
     token = f"{ti.dag_id}/{ti.run_id}/{ti.map_index}"
     ctx = migration_context()

@@ -51,12 +51,16 @@ class SuiteResult:
 
     def summary(self) -> str:
         """Multi-line text for the task log (no values beyond GE's partial lists of UIDs/codes)."""
-        head = (f"suite {self.name}: {'passed' if self.success else 'FAILED'} "
-                f"({self.successful}/{self.evaluated} expectations met)")
+        head = (
+            f"suite {self.name}: {'passed' if self.success else 'FAILED'} "
+            f"({self.successful}/{self.evaluated} expectations met)"
+        )
         lines = [head]
         for f in self.failures:
-            lines.append(f"  - {f['type']}({f.get('column') or ''}): unexpected {f.get('unexpected_count')}"
-                         f" {f.get('examples') or ''}".rstrip())
+            lines.append(
+                f"  - {f['type']}({f.get('column') or ''}): unexpected {f.get('unexpected_count')}"
+                f" {f.get('examples') or ''}".rstrip()
+            )
         if self.docs_index:
             lines.append(f"  data docs: {self.docs_index}")
         return "\n".join(lines)
@@ -68,9 +72,14 @@ class SuiteResult:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "success": self.success, "evaluated": self.evaluated,
-                "successful": self.successful, "failures": self.failures,
-                "docs_index": str(self.docs_index) if self.docs_index else None}
+        return {
+            "name": self.name,
+            "success": self.success,
+            "evaluated": self.evaluated,
+            "successful": self.successful,
+            "failures": self.failures,
+            "docs_index": str(self.docs_index) if self.docs_index else None,
+        }
 
 
 def _build(spec: ExpectationSpec) -> Any:
@@ -82,8 +91,9 @@ def _build(spec: ExpectationSpec) -> Any:
     return spec
 
 
-def run_suite(df: pd.DataFrame, name: str, expectations: Iterable[ExpectationSpec],
-              docs_dir: Path | None = None) -> SuiteResult:
+def run_suite(
+    df: pd.DataFrame, name: str, expectations: Iterable[ExpectationSpec], docs_dir: Path | None = None
+) -> SuiteResult:
     """Validate ``df`` against ``expectations`` in an ephemeral Great Expectations context.
 
     Parameters
@@ -115,27 +125,41 @@ def run_suite(df: pd.DataFrame, name: str, expectations: Iterable[ExpectationSpe
 
     ctx = gx.get_context(mode="ephemeral")
     tag = uuid.uuid4().hex[:8]
-    batch = (ctx.data_sources.add_pandas(f"{name}_source_{tag}")
-             .add_dataframe_asset(name)
-             .add_batch_definition_whole_dataframe("whole"))
+    batch = (
+        ctx.data_sources.add_pandas(f"{name}_source_{tag}")
+        .add_dataframe_asset(name)
+        .add_batch_definition_whole_dataframe("whole")
+    )
     suite = ctx.suites.add(gx.ExpectationSuite(name=name))
     for spec in expectations:
         suite.add_expectation(_build(spec))
-    definition = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_{tag}", data=batch,
-                                                                        suite=suite))
+    definition = ctx.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{name}_{tag}", data=batch, suite=suite)
+    )
     actions = []
     if docs_dir is not None:
         docs_dir = Path(docs_dir)
         docs_dir.mkdir(parents=True, exist_ok=True)
-        ctx.add_data_docs_site(site_name="pacsmig", site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        })
+        ctx.add_data_docs_site(
+            site_name="pacsmig",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
         actions.append(UpdateDataDocsAction(name="data_docs", site_names=["pacsmig"]))
-    checkpoint = ctx.checkpoints.add(gx.Checkpoint(name=f"{name}_checkpoint_{tag}",
-                                                   validation_definitions=[definition], actions=actions,
-                                                   result_format="SUMMARY"))
+    checkpoint = ctx.checkpoints.add(
+        gx.Checkpoint(
+            name=f"{name}_checkpoint_{tag}",
+            validation_definitions=[definition],
+            actions=actions,
+            result_format="SUMMARY",
+        )
+    )
     outcome = checkpoint.run(batch_parameters={"dataframe": df})
     validation = next(iter(outcome.run_results.values()))
     raw = json.loads(json.dumps(validation.to_json_dict(), default=str))
@@ -146,14 +170,28 @@ def run_suite(df: pd.DataFrame, name: str, expectations: Iterable[ExpectationSpe
         config = item.get("expectation_config", {})
         kwargs = {k: v for k, v in config.get("kwargs", {}).items() if k != "batch_id"}
         result = item.get("result", {}) or {}
-        failures.append({"type": config.get("type"), "column": kwargs.get("column"), "kwargs": kwargs,
-                         "unexpected_count": result.get("unexpected_count"),
-                         "examples": result.get("partial_unexpected_list", [])[:5],
-                         "exception": (item.get("exception_info") or {}).get("exception_message")})
+        failures.append(
+            {
+                "type": config.get("type"),
+                "column": kwargs.get("column"),
+                "kwargs": kwargs,
+                "unexpected_count": result.get("unexpected_count"),
+                "examples": result.get("partial_unexpected_list", [])[:5],
+                "exception": (item.get("exception_info") or {}).get("exception_message"),
+            }
+        )
     stats = raw.get("statistics", {})
-    docs_index = docs_dir / "index.html" if docs_dir is not None and (docs_dir / "index.html").exists() else None
-    res = SuiteResult(name=name, success=bool(outcome.success), evaluated=int(stats.get("evaluated_expectations", 0)),
-                      successful=int(stats.get("successful_expectations", 0)), failures=failures,
-                      docs_index=docs_index, raw=raw)
+    docs_index = (
+        docs_dir / "index.html" if docs_dir is not None and (docs_dir / "index.html").exists() else None
+    )
+    res = SuiteResult(
+        name=name,
+        success=bool(outcome.success),
+        evaluated=int(stats.get("evaluated_expectations", 0)),
+        successful=int(stats.get("successful_expectations", 0)),
+        failures=failures,
+        docs_index=docs_index,
+        raw=raw,
+    )
     (logger.info if res.success else logger.error)("%s", res.summary())
     return res

@@ -27,25 +27,40 @@ def inventory_expectations(extra_modalities: Iterable[str] = ()) -> list[Expecta
     return [
         ("ExpectColumnValuesToNotBeNull", {"column": "study_instance_uid"}),
         ("ExpectColumnValuesToBeUnique", {"column": "study_instance_uid"}),
-        ("ExpectColumnValuesToMatchRegex", {"column": "study_instance_uid", "regex": r"^[0-9]+(?:\.[0-9]+)*$"}),
+        (
+            "ExpectColumnValuesToMatchRegex",
+            {"column": "study_instance_uid", "regex": r"^[0-9]+(?:\.[0-9]+)*$"},
+        ),
         ("ExpectColumnValuesToNotBeNull", {"column": "n_series"}),
         ("ExpectColumnValuesToNotBeNull", {"column": "n_instances"}),
         ("ExpectColumnValuesToBeBetween", {"column": "n_series", "min_value": 1}),
         ("ExpectColumnValuesToBeBetween", {"column": "n_instances", "min_value": 1}),
         ("ExpectColumnValuesToNotBeNull", {"column": "modalities"}),
         ("ExpectColumnValuesToMatchRegex", {"column": "modalities", "regex": modalities_regex(known)}),
-        ("ExpectColumnValuesToBeInSet", {"column": "study_date_status", "value_set": ["ok", "missing", "malformed"]}),
+        (
+            "ExpectColumnValuesToBeInSet",
+            {"column": "study_date_status", "value_set": ["ok", "missing", "malformed"]},
+        ),
         # study_date may be null only for the studies flagged as undated
         ("ExpectColumnValuesToNotBeNull", {"column": "study_date", **dated}),
-        ("ExpectColumnValuesToMatchStrftimeFormat", {"column": "study_date_raw", "strftime_format": "%Y%m%d",
-                                                     **dated}),
-        ("ExpectColumnValuesToBeNull", {"column": "study_date",
-                                        "row_condition": 'study_date_status!="ok"', "condition_parser": "pandas"}),
+        (
+            "ExpectColumnValuesToMatchStrftimeFormat",
+            {"column": "study_date_raw", "strftime_format": "%Y%m%d", **dated},
+        ),
+        (
+            "ExpectColumnValuesToBeNull",
+            {
+                "column": "study_date",
+                "row_condition": 'study_date_status!="ok"',
+                "condition_parser": "pandas",
+            },
+        ),
     ]
 
 
-def validate_inventory(inventory: pd.DataFrame, docs_dir: Path | None = None, *,
-                       extra_modalities: Iterable[str] = ()) -> SuiteResult:
+def validate_inventory(
+    inventory: pd.DataFrame, docs_dir: Path | None = None, *, extra_modalities: Iterable[str] = ()
+) -> SuiteResult:
     """Run the inventory suite; raises :class:`pacsmig.quality.ExpectationsFailed` when it fails."""
     frame = inventory.copy()
     # GE's pandas engine compares dates as strings/objects; give it ISO text, keep nulls

@@ -104,11 +104,22 @@ def original_attributes_tags(target: Dataset, source: Dataset) -> set[BaseTag]:
     return tags
 
 
+def _normalise_item(item: dict[str, Any]) -> tuple[tuple[int, Any], ...]:
+    """A recorded sequence item in :func:`_normalise_dataset`'s form (keywords to tags)."""
+    ds = Dataset()
+    for keyword, value in item.items():
+        setattr(ds, keyword, value)
+    return _normalise_dataset(ds)
+
+
 def _new_value_matches(change: dict[str, Any], elem: DataElement) -> bool:
     if "new" not in change or change["new"] is None:
         return True
     expected = change["new"]
     actual = normalise(elem)
+    if elem.VR == "SQ" and isinstance(expected, list | tuple) and all(isinstance(v, dict) for v in expected):
+        # A sequence's new value is recorded as items of {keyword: value} (e.g. OtherPatientIDsSequence).
+        return tuple(_normalise_item(v) for v in expected) == actual
     if isinstance(expected, list | tuple):
         return tuple(_text(v) for v in expected) == (actual if isinstance(actual, tuple) else (actual,))
     if isinstance(actual, tuple):
