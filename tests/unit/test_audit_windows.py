@@ -139,3 +139,18 @@ def test_inventory_window_rows_and_stats() -> None:
     assert stats.studies == len(records) == 15
     assert {r["modalities"] for r in records} == {"CT", "MR"}
     assert all(r["n_instances"] == 2 and r["study_date_status"] == "ok" for r in records)
+
+
+def test_edge_windows_catch_studies_dated_outside_the_range() -> None:
+    from datetime import date as _date
+
+    from pacsmig.audit.windows import DateWindow, window_labels
+
+    labels = window_labels("2010-01-01", "2024-12-31")
+    first, last = DateWindow.from_label(labels[0]), DateWindow.from_label(labels[-2])
+    assert first.dicom_range == "00010101-20091231"
+    assert last.dicom_range == "20250101-99991231"
+    windows = [DateWindow.from_label(label) for label in labels[:-1]]
+    for a, b in zip(windows, windows[1:]):            # contiguous: no day falls between windows
+        assert (b.start - a.end).days == 1
+    assert windows[0].start == _date(1, 1, 1) and labels[-1] == "undated"

@@ -43,8 +43,8 @@ class DateWindow:
     def dicom_range(self) -> str:
         """The StudyDate range-matching value (``YYYYMMDD-YYYYMMDD``, or one date for one day)."""
         if self.is_single_day:
-            return self.start.strftime("%Y%m%d")
-        return f"{self.start:%Y%m%d}-{self.end:%Y%m%d}"
+            return _da(self.start)
+        return f"{_da(self.start)}-{_da(self.end)}"
 
     @property
     def days(self) -> int:
@@ -69,6 +69,11 @@ class DateWindow:
             return cls(date.fromisoformat(start), date.fromisoformat(end))
         except ValueError as exc:
             raise ConfigError(f"not a date window label: {label!r}") from exc
+
+
+def _da(day: date) -> str:
+    """A DICOM DA value; strftime does not zero-pad years before 1000 (the edge window's 0001)."""
+    return f"{day.year:04d}{day.month:02d}{day.day:02d}"
 
 
 def parse_date(value: str | date) -> date:
@@ -123,6 +128,27 @@ def build_windows(date_from: str | date, date_to: str | date, size: str = "year"
     return windows
 
 
-def window_labels(date_from: str | date, date_to: str | date, size: str = "year") -> list[str]:
-    """The labels the DAG maps over: every date window, then :data:`UNDATED`."""
-    return [w.label for w in build_windows(date_from, date_to, size)] + [UNDATED]
+#: The edges of every inventory: a study dated outside the requested range (a typo such as 1901
+#: or 2091 in a legacy archive) must still be found, so the range is padded by two open windows.
+EARLIEST = date(1, 1, 1)
+LATEST = date(9999, 12, 31)
+
+
+def window_labels(date_from: str | date, date_to: str | date, size: str = "year",
+                  edges: bool = True) -> list[str]:
+    """The labels the DAG maps over: every date window, the two edge windows (dates before and
+    after the range, unless ``edges`` is False), then :data:`UNDATED`.
+
+    Examples
+    --------
+    >>> window_labels("2015-01-01", "2016-12-31")
+    ['0001-01-01..2014-12-31', '2015-01-01..2015-12-31', '2016-01-01..2016-12-31', '2017-01-01..9999-12-31', 'undated']
+    """
+    windows = build_windows(date_from, date_to, size)
+    labels = [w.label for w in windows]
+    if edges:
+        if windows[0].start > EARLIEST:
+            labels.insert(0, DateWindow(EARLIEST, windows[0].start - timedelta(days=1)).label)
+        if windows[-1].end < LATEST:
+            labels.append(DateWindow(windows[-1].end + timedelta(days=1), LATEST).label)
+    return labels + [UNDATED]
