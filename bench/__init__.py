@@ -1,1 +1,1 @@
-"""``make bench``: side-by-side throughput benchmark of dcmtk, Orthanc, and the engine with and without Airflow."""
+"""``make bench``: dcmtk, Orthanc and the engine (with and without Airflow) side by side."""

@@ -1,4 +1,4 @@
-"""The benchmark's archive: a generated hospital archive in a legacy Orthanc, plus its inventory and crosswalk."""
+"""The benchmark's archive: a generated hospital archive in a legacy Orthanc with inventory and crosswalk."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from testbed.orthanc import OrthancServer
 #: Sizes per profile: studies, images_scale, matrix (px), min images per CT/MR study.
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"studies": 12, "images_scale": 0.5, "matrix": 128, "min_images_ct_mr": 50},
-    "default": {"studies": 80, "images_scale": 1.5, "matrix": 256, "min_images_ct_mr": 50},
+    "default": {"studies": 60, "images_scale": 2.0, "matrix": 256, "min_images_ct_mr": 50},
 }
 
 
@@ -39,8 +39,16 @@ class BenchArchive:
         return sum(p.stat().st_size for p in self.files)
 
 
-def build_archive(root: Path, *, studies: int, images_scale: float, matrix: int, min_images_ct_mr: int,
-                  seed: int = 42, workers: int = 2) -> BenchArchive:
+def build_archive(
+    root: Path,
+    *,
+    studies: int,
+    images_scale: float,
+    matrix: int,
+    min_images_ct_mr: int,
+    seed: int = 42,
+    workers: int = 2,
+) -> BenchArchive:
     """Generate the archive (no real sample files: every path must move exactly the same objects).
 
     The real sample files share SOP Instance UIDs across transfer-syntax variants; the engine
@@ -48,8 +56,16 @@ def build_archive(root: Path, *, studies: int, images_scale: float, matrix: int,
     make the paths move different sets.
     """
     t0 = time.perf_counter()
-    truth = generate(root / "archive", studies=studies, seed=seed, images_scale=images_scale, matrix=matrix,
-                     min_images_ct_mr=min_images_ct_mr, include_real_files=False, workers=workers)
+    truth = generate(
+        root / "archive",
+        studies=studies,
+        seed=seed,
+        images_scale=images_scale,
+        matrix=matrix,
+        min_images_ct_mr=min_images_ct_mr,
+        include_real_files=False,
+        workers=workers,
+    )
     generate_s = time.perf_counter() - t0
     files = sorted(Path(p) for p in truth.files)
     inventory = write_inventory(truth, root / "audit" / "inventory.parquet")
@@ -63,8 +79,10 @@ def upload(archive: BenchArchive, legacy: OrthancServer) -> None:
     accepted = legacy.upload_files(archive.files, threads=4)
     archive.upload_s = time.perf_counter() - t0
     if accepted != len(archive.files) or legacy.count() != archive.n_instances:
-        raise RuntimeError(f"legacy PACS accepted {accepted} of {len(archive.files)} files "
-                           f"({legacy.count()} instances held, {archive.n_instances} expected)")
+        raise RuntimeError(
+            f"legacy PACS accepted {accepted} of {len(archive.files)} files "
+            f"({legacy.count()} instances held, {archive.n_instances} expected)"
+        )
 
 
 def write_inventory(truth: GroundTruth, path: Path) -> Path:
@@ -72,13 +90,23 @@ def write_inventory(truth: GroundTruth, path: Path) -> Path:
     import pandas as pd
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([{
-        "study_instance_uid": s.study_instance_uid, "patient_id": s.patient_id,
-        "issuer_of_patient_id": s.issuer_of_patient_id, "patient_name": s.patient_name,
-        "patient_birth_date": s.patient_birth_date,
-        "study_date": pd.Timestamp(s.study_date).date() if s.study_date else None,
-        "accession_number": s.accession_number, "modalities": "\\".join(s.modalities), "n_series": s.n_series,
-        "n_instances": s.n_instances} for s in truth.studies]).to_parquet(path)
+    pd.DataFrame(
+        [
+            {
+                "study_instance_uid": s.study_instance_uid,
+                "patient_id": s.patient_id,
+                "issuer_of_patient_id": s.issuer_of_patient_id,
+                "patient_name": s.patient_name,
+                "patient_birth_date": s.patient_birth_date,
+                "study_date": pd.Timestamp(s.study_date).date() if s.study_date else None,
+                "accession_number": s.accession_number,
+                "modalities": "\\".join(s.modalities),
+                "n_series": s.n_series,
+                "n_instances": s.n_instances,
+            }
+            for s in truth.studies
+        ]
+    ).to_parquet(path)
     return path
 
 

@@ -46,18 +46,26 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
-def _result(name: str, archive: BenchArchive, stats: dict[str, Any], received: int, **extra: Any) -> dict[str, Any]:
+def _result(
+    name: str, archive: BenchArchive, stats: dict[str, Any], received: int, **extra: Any
+) -> dict[str, Any]:
     """One path's figures: rates from the wall time, CPU per image per process group."""
     wall = float(extra.pop("wall_s", stats["wall_s"]))
     images, mb = archive.n_instances, archive.total_bytes / 1e6
     return {
-        "path": name, "images": images, "received": received, "lost": images - received,
-        "megabytes": round(mb, 2), "wall_s": round(wall, 3),
+        "path": name,
+        "images": images,
+        "received": received,
+        "lost": images - received,
+        "megabytes": round(mb, 2),
+        "wall_s": round(wall, 3),
         "images_per_s": round(images / wall, 2) if wall else None,
         "mb_per_s": round(mb / wall, 2) if wall else None,
         "cpu_ms_per_image": {g: round(1000 * v / images, 3) for g, v in stats["cpu_s"].items()},
         "cpu_ms_per_image_total": round(1000 * stats["cpu_s_total"] / images, 3),
-        **{k: v for k, v in stats.items() if k != "wall_s"}, "sampled_wall_s": stats["wall_s"], **extra,
+        **{k: v for k, v in stats.items() if k != "wall_s"},
+        "sampled_wall_s": stats["wall_s"],
+        **extra,
     }
 
 
@@ -74,8 +82,12 @@ def run_dcmtk(archive: BenchArchive, work: Path, legacy: OrthancServer) -> dict[
     out.mkdir(parents=True)
     port = free_port()
     env = dict(os.environ, TCP_NODELAY="1")
-    scp = subprocess.Popen(["storescp", "--fork", "+xa", "-pm", "-aet", "DCMTKSCP", "-od", str(out), str(port)],
-                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    scp = subprocess.Popen(
+        ["storescp", "--fork", "+xa", "-pm", "-aet", "DCMTKSCP", "-od", str(out), str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         _wait_port(port)
         jobs = _storescu_jobs(archive.files, port)
@@ -92,17 +104,28 @@ def run_dcmtk(archive: BenchArchive, work: Path, legacy: OrthancServer) -> dict[
     failed = [err for rc, err in outcomes if rc != 0]
     received = _count_files(out)
     shutil.rmtree(out, ignore_errors=True)
-    return _result("a_dcmtk", archive, stats, received, associations=len(jobs), parallel=PARALLEL,
-                   storescu_errors=failed[:5])
+    return _result(
+        "a_dcmtk",
+        archive,
+        stats,
+        received,
+        associations=len(jobs),
+        parallel=PARALLEL,
+        storescu_errors=failed[:5],
+    )
 
 
 #: storescu proposes one compressed syntax per run (plus the uncompressed ones): one flag per group.
-_STORESCU_TS_FLAG = {"1.2.840.10008.1.2.5": "-xr", "1.2.840.10008.1.2.4.90": "-xv",
-                     "1.2.840.10008.1.2.4.70": "-xs", "1.2.840.10008.1.2.4.80": "-xt"}
+_STORESCU_TS_FLAG = {
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+}
 
 
 def _storescu_jobs(files: list[Path], port: int) -> list[list[str]]:
-    """storescu command lines: files grouped by transfer syntax, each group split over PARALLEL associations."""
+    """storescu command lines: files grouped by transfer syntax, each group over PARALLEL associations."""
     import pydicom
 
     groups: dict[str, list[Path]] = {}
@@ -114,8 +137,20 @@ def _storescu_jobs(files: list[Path], port: int) -> list[list[str]]:
         for i in range(PARALLEL):
             chunk = paths[i::PARALLEL]
             if chunk:
-                jobs.append(["storescu", "-R", flag, "-aet", "BENCHSCU", "-aec", "DCMTKSCP", "127.0.0.1", str(port),
-                             *map(str, chunk)])
+                jobs.append(
+                    [
+                        "storescu",
+                        "-R",
+                        flag,
+                        "-aet",
+                        "BENCHSCU",
+                        "-aec",
+                        "DCMTKSCP",
+                        "127.0.0.1",
+                        str(port),
+                        *map(str, chunk),
+                    ]
+                )
     return jobs
 
 
@@ -136,18 +171,24 @@ def run_orthanc_native(archive: BenchArchive, work: Path, legacy: OrthancServer)
         modality = f"bench_{uuid.uuid4().hex[:6]}"
         legacy.add_modality(modality, target.aet, "127.0.0.1", target.dicom_port)
         studies = requests.get(f"{legacy.url}/studies", timeout=30).json()
-        batches = [studies[i:i + ORTHANC_STUDIES_PER_REQUEST]
-                   for i in range(0, len(studies), ORTHANC_STUDIES_PER_REQUEST)]
+        batches = [
+            studies[i : i + ORTHANC_STUDIES_PER_REQUEST]
+            for i in range(0, len(studies), ORTHANC_STUDIES_PER_REQUEST)
+        ]
         session = requests.Session()
 
         def store(batch: list[str]) -> dict[str, Any]:
-            resp = session.post(f"{legacy.url}/modalities/{modality}/store",
-                                json={"Resources": batch, "Synchronous": True}, timeout=3600)
+            resp = session.post(
+                f"{legacy.url}/modalities/{modality}/store",
+                json={"Resources": batch, "Synchronous": True},
+                timeout=3600,
+            )
             resp.raise_for_status()
             return resp.json()
 
-        sampler = ProcessSampler(default_classifier({legacy.process.pid: "orthanc_source",
-                                                     target.process.pid: "orthanc_target"})).start()
+        sampler = ProcessSampler(
+            default_classifier({legacy.process.pid: "orthanc_source", target.process.pid: "orthanc_target"})
+        ).start()
         with ThreadPoolExecutor(PARALLEL) as pool:
             answers = list(pool.map(store, batches))
         stats = sampler.stop()
@@ -156,20 +197,30 @@ def run_orthanc_native(archive: BenchArchive, work: Path, legacy: OrthancServer)
     finally:
         target.stop()
         shutil.rmtree(work / "target_b", ignore_errors=True)
-    return _result("b_orthanc_native", archive, stats, received, requests=len(batches),
-                   studies_per_request=ORTHANC_STUDIES_PER_REQUEST,
-                   failed_instances=sum(int(a.get("FailedInstancesCount", 0) or 0) for a in answers))
+    return _result(
+        "b_orthanc_native",
+        archive,
+        stats,
+        received,
+        requests=len(batches),
+        studies_per_request=ORTHANC_STUDIES_PER_REQUEST,
+        failed_instances=sum(int(a.get("FailedInstancesCount", 0) or 0) for a in answers),
+    )
 
 
 # --- shared by (c) and (d) -----------------------------------------------------------------------
-def _engine_setup(archive: BenchArchive, work: Path, legacy: OrthancServer, name: str
-                  ) -> tuple[OrthancServer, str, Path, dict[str, str]]:
+def _engine_setup(
+    archive: BenchArchive, work: Path, legacy: OrthancServer, name: str
+) -> tuple[OrthancServer, str, Path, dict[str, str]]:
     """A fresh target, ledger database and data folder; the environment the engine reads."""
     from pacsmig.config import ConnectionSpec
-    from pacsmig.ledger import create_database
+    from pacsmig.ledger import Ledger, create_database
 
     target = _fresh_target(work, f"target_{name}")
     dsn = create_database(PG_ADMIN, f"pacsmig_bench_{name}", drop=True)
+    # Schema first: unpausing pacs_migrate schedules its latest interval, which reads the ledger.
+    with Ledger(dsn) as ledger:
+        ledger.migrate()
     data = work / f"data_{name}"
     shutil.rmtree(data, ignore_errors=True)
     (data / "audit").mkdir(parents=True)
@@ -177,12 +228,26 @@ def _engine_setup(archive: BenchArchive, work: Path, legacy: OrthancServer, name
     storage_port = legacy.modalities["pacsmig"][2]
     env = {
         "AIRFLOW_CONN_LEGACY_PACS": ConnectionSpec(
-            "legacy_pacs", "dicom", "127.0.0.1", legacy.dicom_port,
-            extra={"ae_title": legacy.aet, "calling_ae_title": "PACSMIG", "move_destination": "PACSMIG",
-                   "storage_port": storage_port, "timeout": 60}).to_json(),
+            "legacy_pacs",
+            "dicom",
+            "127.0.0.1",
+            legacy.dicom_port,
+            extra={
+                "ae_title": legacy.aet,
+                "calling_ae_title": "PACSMIG",
+                "move_destination": "PACSMIG",
+                "storage_port": storage_port,
+                "timeout": 60,
+            },
+        ).to_json(),
         "AIRFLOW_CONN_TARGET_ARCHIVE": ConnectionSpec(
-            "target_archive", "http", "127.0.0.1", target.http_port, schema="http",
-            extra={"dicomweb_path": "/dicom-web"}).to_json(),
+            "target_archive",
+            "http",
+            "127.0.0.1",
+            target.http_port,
+            schema="http",
+            extra={"dicomweb_path": "/dicom-web"},
+        ).to_json(),
         "AIRFLOW_CONN_MIGRATION_LEDGER": dsn,
         "PACSMIG_DATA_DIR": str(data),
         "PACSMIG_MPI_CROSSWALK": str(archive.crosswalk_path),
@@ -205,26 +270,43 @@ def ledger_outcome(dsn: str) -> dict[str, Any]:
     from pacsmig.ledger import Ledger
 
     with Ledger(dsn) as ledger:
-        states = {r["state"]: int(r["n"]) for r in ledger.query(
-            "SELECT state, count(*) AS n FROM studies GROUP BY state ORDER BY state")}
-        quarantine = {r["reason"]: int(r["n"]) for r in ledger.query(
-            "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY reason")}
+        states = {
+            r["state"]: int(r["n"])
+            for r in ledger.query("SELECT state, count(*) AS n FROM studies GROUP BY state ORDER BY state")
+        }
+        quarantine = {
+            r["reason"]: int(r["n"])
+            for r in ledger.query(
+                "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY reason"
+            )
+        }
         moves = ledger.query(
             "SELECT count(*) FILTER (WHERE (details->>'attempts')::int > 1) AS repulled, "
             "coalesce(sum((details->>'attempts')::int), 0) AS requests, "
             "coalesce(sum((details->>'missing')::int), 0) AS missing, "
             "coalesce(sum((details->>'received')::int), 0) AS received "
-            "FROM custody WHERE details ? 'attempts' AND details ? 'received'")[0]
-        verified = ledger.query("SELECT count(*) AS n FROM instances WHERE verify_status = 'verified'"
-                                ) if _has_column(ledger, "instances", "verify_status") else None
-    return {"states": states, "quarantine": quarantine,
-            "extract": {k: int(v) for k, v in moves.items()},
-            "instances_verified": int(verified[0]["n"]) if verified else None}
+            "FROM custody WHERE details ? 'attempts' AND details ? 'received'"
+        )[0]
+        verified = (
+            ledger.query("SELECT count(*) AS n FROM instances WHERE verify_status = 'verified'")
+            if _has_column(ledger, "instances", "verify_status")
+            else None
+        )
+    return {
+        "states": states,
+        "quarantine": quarantine,
+        "extract": {k: int(v) for k, v in moves.items()},
+        "instances_verified": int(verified[0]["n"]) if verified else None,
+    }
 
 
 def _has_column(ledger: Any, table: str, column: str) -> bool:
-    return bool(ledger.query("SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = %s",
-                             (table, column)))
+    return bool(
+        ledger.query(
+            "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = %s",
+            (table, column),
+        )
+    )
 
 
 # --- (d) the engine's data path alone ------------------------------------------------------------
@@ -238,12 +320,13 @@ def _timed(name: str, fn: Any) -> Any:
             return fn(*args, **kwargs)
         finally:
             _STAGES[name] = _STAGES.get(name, 0.0) + time.perf_counter() - t0
+
     wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
     return wrapper
 
 
 def _instrument() -> None:
-    """Worker initializer: time the pipeline's steps around the engine's own functions (no behaviour change)."""
+    """Worker initializer: time the pipeline's steps around the engine's own functions."""
     from pacsmig.dicom import retrieve as retrieve_mod
     from pacsmig.load.dicomweb import DicomWebDestination
     from pacsmig.migrate import pipeline
@@ -265,7 +348,11 @@ def _migrate_one(ctx: Any, study_instance_uid: str) -> dict[str, Any]:
     for attempt in range(2):
         tries = attempt + 1
         try:
-            for name, step in (("extract", extract_study), ("transform", transform_study), ("load", load_study)):
+            for name, step in (
+                ("extract", extract_study),
+                ("transform", transform_study),
+                ("load", load_study),
+            ):
                 t0 = time.perf_counter()
                 step(ctx, study_instance_uid)
                 _STAGES[name] = _STAGES.get(name, 0.0) + time.perf_counter() - t0
@@ -287,17 +374,27 @@ def run_engine_direct(archive: BenchArchive, work: Path, legacy: OrthancServer) 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        source = DicomNode.from_connection(ConnectionSpec.from_json("legacy_pacs", env["AIRFLOW_CONN_LEGACY_PACS"]))
+        source = DicomNode.from_connection(
+            ConnectionSpec.from_json("legacy_pacs", env["AIRFLOW_CONN_LEGACY_PACS"])
+        )
         conn = ConnectionSpec.from_json("target_archive", env["AIRFLOW_CONN_TARGET_ARCHIVE"])
-        ctx = MigrationContext(ledger_dsn=dsn, source=source, targets=[conn], rules_path=default_rules_path(),
-                               data_dir=data, hash_workers=int(os.environ.get("PACSMIG_HASH_WORKERS", "1")))
+        ctx = MigrationContext(
+            ledger_dsn=dsn,
+            source=source,
+            targets=[conn],
+            rules_path=default_rules_path(),
+            data_dir=data,
+            hash_workers=int(os.environ.get("PACSMIG_HASH_WORKERS", "1")),
+        )
         # Spawned (not forked) and warmed up before the clock starts: Airflow's workers are also
         # long-lived processes, and this path is about the data path's own cost.
-        pool = ProcessPoolExecutor(PARALLEL, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_instrument)
+        pool = ProcessPoolExecutor(
+            PARALLEL, mp_context=multiprocessing.get_context("spawn"), initializer=_instrument
+        )
         list(pool.map(_warm, range(PARALLEL)))
-        sampler = ProcessSampler(default_classifier({legacy.process.pid: "orthanc_source",
-                                                     target.process.pid: "orthanc_target"})).start()
+        sampler = ProcessSampler(
+            default_classifier({legacy.process.pid: "orthanc_source", target.process.pid: "orthanc_target"})
+        ).start()
         phases: dict[str, float] = {}
         t0 = time.perf_counter()
         _plan_direct(dsn, archive)
@@ -326,11 +423,20 @@ def run_engine_direct(archive: BenchArchive, work: Path, legacy: OrthancServer) 
     for d in done:
         for k, v in d["stages"].items():
             stages[k] = stages.get(k, 0.0) + v
-    result = _result("d_engine_direct", archive, stats, received, wall_s=wall,
-                     phases_s={k: round(v, 3) for k, v in phases.items()},
-                     stage_seconds_summed_over_workers={k: round(v, 3) for k, v in sorted(stages.items())},
-                     studies=len(studies), study_errors=[d for d in done if d["error"]][:10],
-                     study_retries=sum(d["tries"] > 1 for d in done), validation=validation, ledger=outcome)
+    result = _result(
+        "d_engine_direct",
+        archive,
+        stats,
+        received,
+        wall_s=wall,
+        phases_s={k: round(v, 3) for k, v in phases.items()},
+        stage_seconds_summed_over_workers={k: round(v, 3) for k, v in sorted(stages.items())},
+        studies=len(studies),
+        study_errors=[d for d in done if d["error"]][:10],
+        study_retries=sum(d["tries"] > 1 for d in done),
+        validation=validation,
+        ledger=outcome,
+    )
     _cleanup(work, "d", dsn)
     return result
 
@@ -360,7 +466,7 @@ def _plan_direct(dsn: str, archive: BenchArchive) -> None:
 
 
 def _validate_direct(dsn: str, conn: Any, source: Any, phases: dict[str, float]) -> dict[str, Any]:
-    """What pacs_validate's tasks do: plan chunks, read back + hash, reconcile with the source, sample, audit."""
+    """What pacs_validate's tasks do: chunks, read back + hash, reconcile with the source, sample, audit."""
     from pacsmig import config
     from pacsmig.custody.export import export_studies
     from pacsmig.ledger import Ledger
@@ -380,12 +486,25 @@ def _validate_direct(dsn: str, conn: Any, source: Any, phases: dict[str, float])
         t = time.perf_counter()
         build_review_sample(ledger, scope, conn, fraction=0.10)
         where, values = scope.sql("s")
-        uids = [r["study_instance_uid"] for r in ledger.query(
-            f"SELECT study_instance_uid FROM studies s WHERE {where} ORDER BY 1", values)]
+        uids = [
+            r["study_instance_uid"]
+            for r in ledger.query(
+                f"SELECT study_instance_uid FROM studies s WHERE {where} ORDER BY 1", values
+            )
+        ]
         export_studies(ledger, uids, config.sub_dir("validation", "audit"), source, conn)
         phases["validate_sample_and_audit"] = time.perf_counter() - t
-    return {k: summary.get(k) for k in ("instances_source", "instances_verified", "instances_mismatched",
-                                        "instances_missing", "studies", "studies_review")}
+    return {
+        k: summary.get(k)
+        for k in (
+            "instances_source",
+            "instances_verified",
+            "instances_mismatched",
+            "instances_missing",
+            "studies",
+            "studies_review",
+        )
+    }
 
 
 def _cleanup(work: Path, name: str, dsn: str) -> None:
@@ -411,12 +530,15 @@ def _airflow_rows(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[dict
 
 
 def _wait_run(db: str, dag_id: str, run_id: str, stack: Any, timeout: float) -> dict[str, Any]:
-    """Poll the metadata DB (not the CLI: each ``airflow`` command costs seconds of CPU) until the run ends."""
+    """Until the run ends, polling the metadata DB (each ``airflow`` CLI call costs seconds of CPU)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stack._check_alive()
-        rows = _airflow_rows(db, "SELECT state, queued_at, start_date, end_date FROM dag_run "
-                                 "WHERE dag_id = %s AND run_id = %s", (dag_id, run_id))
+        rows = _airflow_rows(
+            db,
+            "SELECT state, queued_at, start_date, end_date FROM dag_run WHERE dag_id = %s AND run_id = %s",
+            (dag_id, run_id),
+        )
         if rows and rows[0]["state"] in ("success", "failed"):
             return rows[0]
         time.sleep(0.25)
@@ -445,31 +567,44 @@ def _wait_idle(db: str, timeout: float = 120) -> None:
 
 def _task_stats(db: str, run_ids: list[str]) -> dict[str, Any]:
     """Per task: count, summed run time and the mean wait between queued and started (scheduling latency)."""
-    rows = _airflow_rows(db, """
+    rows = _airflow_rows(
+        db,
+        """
         SELECT task_id, count(*) AS n, sum(extract(epoch FROM end_date - start_date)) AS run_s,
                avg(extract(epoch FROM start_date - queued_dttm)) AS queued_wait_s,
                sum(CASE WHEN state <> 'success' THEN 1 ELSE 0 END) AS not_success,
                sum(try_number - 1) AS retries
-        FROM task_instance WHERE run_id = ANY(%s) GROUP BY task_id ORDER BY task_id""", (run_ids,))
-    return {r["task_id"]: {"n": int(r["n"]), "run_s": round(float(r["run_s"] or 0), 3),
-                           "mean_queued_wait_s": round(float(r["queued_wait_s"] or 0), 3),
-                           "not_success": int(r["not_success"] or 0), "retries": int(r["retries"] or 0)}
-            for r in rows}
+        FROM task_instance WHERE run_id = ANY(%s) GROUP BY task_id ORDER BY task_id""",
+        (run_ids,),
+    )
+    return {
+        r["task_id"]: {
+            "n": int(r["n"]),
+            "run_s": round(float(r["run_s"] or 0), 3),
+            "mean_queued_wait_s": round(float(r["queued_wait_s"] or 0), 3),
+            "not_success": int(r["not_success"] or 0),
+            "retries": int(r["retries"] or 0),
+        }
+        for r in rows
+    }
 
 
 def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer) -> dict[str, Any]:
-    """pacs_plan -> pacs_migrate (all_queued) -> pacs_validate, triggered on a real scheduler (LocalExecutor)."""
+    """pacs_plan -> pacs_migrate (all_queued) -> pacs_validate, on a real scheduler (LocalExecutor)."""
     from pacsmig.ledger import create_database
+
     from testbed.airflow_stack import AirflowStack
 
     target, dsn, data, env = _engine_setup(archive, work, legacy, "c")
     db = create_database(PG_ADMIN, "pacsmig_bench_airflow", drop=True)
-    env.update({
-        "AIRFLOW__CORE__PARALLELISM": str(PARALLEL),
-        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "64",
-        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
-        "PACSMIG_SOURCE_POOL": "legacy_pacs",
-    })
+    env.update(
+        {
+            "AIRFLOW__CORE__PARALLELISM": str(PARALLEL),
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "64",
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
+            "PACSMIG_SOURCE_POOL": "legacy_pacs",
+        }
+    )
     home = work / "airflow_c"
     shutil.rmtree(home, ignore_errors=True)
     stack = AirflowStack(home, db.replace("postgresql://", "postgresql+psycopg2://"), extra_env=env)
@@ -484,11 +619,17 @@ def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer)
                 stack.cli("dags", "unpause", dag_id)
             _wait_idle(db)
             startup_s = time.perf_counter() - t_stack
-            sampler = ProcessSampler(default_classifier({legacy.process.pid: "orthanc_source",
-                                                         target.process.pid: "orthanc_target"})).start()
+            sampler = ProcessSampler(
+                default_classifier(
+                    {legacy.process.pid: "orthanc_source", target.process.pid: "orthanc_target"}
+                )
+            ).start()
             t0 = time.perf_counter()
-            for dag_id, conf in (("pacs_plan", {"strategy": "big_bang"}), ("pacs_migrate", {"all_queued": True}),
-                                 ("pacs_validate", {})):
+            for dag_id, conf in (
+                ("pacs_plan", {"strategy": "big_bang"}),
+                ("pacs_migrate", {"all_queued": True}),
+                ("pacs_validate", {}),
+            ):
                 run_id = f"bench__{dag_id}__{uuid.uuid4().hex[:6]}"
                 stack.cli("dags", "trigger", dag_id, "--run-id", run_id, "--conf", json.dumps(conf))
                 runs[dag_id] = {"run_id": run_id, **_wait_run(db, dag_id, run_id, stack, timeout=3600)}
@@ -501,13 +642,28 @@ def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer)
     # Orchestrated wall time: from each run's creation (queued_at) to its end, summed; the gaps between
     # runs are this harness starting `airflow dags trigger` (seconds of CLI start-up), not the engine.
     wall = sum((r["end_date"] - r["queued_at"]).total_seconds() for r in runs.values())
-    run_summary = {d: {"state": r["state"], "queued_to_end_s": round((r["end_date"] - r["queued_at"]).total_seconds(), 3),
-                       "start_to_end_s": round((r["end_date"] - r["start_date"]).total_seconds(), 3)}
-                   for d, r in runs.items()}
+    run_summary = {
+        d: {
+            "state": r["state"],
+            "queued_to_end_s": round((r["end_date"] - r["queued_at"]).total_seconds(), 3),
+            "start_to_end_s": round((r["end_date"] - r["start_date"]).total_seconds(), 3),
+        }
+        for d, r in runs.items()
+    }
     outcome = ledger_outcome(dsn)
-    result = _result("c_engine_airflow", archive, stats, target_count, wall_s=wall,
-                     wall_s_including_trigger_cli=round(outer_wall, 3), stack_startup_s=round(startup_s, 3),
-                     runs=run_summary, tasks=tasks, ledger=outcome, parallelism=PARALLEL)
+    result = _result(
+        "c_engine_airflow",
+        archive,
+        stats,
+        target_count,
+        wall_s=wall,
+        wall_s_including_trigger_cli=round(outer_wall, 3),
+        stack_startup_s=round(startup_s, 3),
+        runs=run_summary,
+        tasks=tasks,
+        ledger=outcome,
+        parallelism=PARALLEL,
+    )
     _cleanup(work, "c", dsn)
     if not os.environ.get("PACSMIG_BENCH_KEEP"):
         shutil.rmtree(home, ignore_errors=True)

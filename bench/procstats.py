@@ -118,8 +118,9 @@ class ProcessSampler:
             seen = self._seen.get(proc.pid)
             if seen is None:
                 group = self.classify(proc) or (self._seen[ppid].group if ppid in self._seen else "engine")
-                seen = self._seen[proc.pid] = _Seen(group=group, cpu0=own if first else 0.0,
-                                                    children0=kids if first else 0.0, parent=ppid)
+                seen = self._seen[proc.pid] = _Seen(
+                    group=group, cpu0=own if first else 0.0, children0=kids if first else 0.0, parent=ppid
+                )
             seen.cpu, seen.children = own, kids
             alive.add(proc.pid)
             rss[seen.group] = rss.get(seen.group, 0) + mem
@@ -149,11 +150,13 @@ class ProcessSampler:
             else:
                 value = seen.cpu - seen.cpu0 + seen.children - seen.children0
             cpu[seen.group] = cpu.get(seen.group, 0.0) + max(0.0, value)
-        return {"wall_s": round(self.wall_s, 3),
-                "cpu_s": {g: round(v, 3) for g, v in sorted(cpu.items())},
-                "cpu_s_total": round(sum(cpu.values()), 3),
-                "rusage_cpu_s": round(self.rusage_cpu_s, 3),
-                "peak_rss_mb": {g: round(v / 2**20, 1) for g, v in sorted(self._peak.items())}}
+        return {
+            "wall_s": round(self.wall_s, 3),
+            "cpu_s": {g: round(v, 3) for g, v in sorted(cpu.items())},
+            "cpu_s_total": round(sum(cpu.values()), 3),
+            "rusage_cpu_s": round(self.rusage_cpu_s, 3),
+            "peak_rss_mb": {g: round(v / 2**20, 1) for g, v in sorted(self._peak.items())},
+        }
 
 
 def _rusage_total() -> float:

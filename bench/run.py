@@ -1,4 +1,4 @@
-"""``make bench``: the four paths side by side on one generated archive, then the 10 M-study inventory profile.
+"""``make bench``: four paths side by side on one generated archive, then the 10 M-study inventory.
 
 Usage: ``python -m bench.run [--quick] [--studies N] [--paths a,b,c,d] [--no-inventory]``. Writes
 ``bench/results/<timestamp>.json`` and ``latest.json`` (+ ``latest.png``); the last line printed is
@@ -29,14 +29,26 @@ def machine() -> dict[str, Any]:
     """nproc, CPU model and RAM, for the README table."""
     import psutil
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"nproc": os.cpu_count(), "cpu_model": model, "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "kernel": platform.release()}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     """Throughput ratios (images/s) and the Airflow share of the engine's wall time."""
+
     def rate(key: str) -> float | None:
         r = results.get(key)
         return r["images_per_s"] if r and r.get("images_per_s") else None
@@ -48,7 +60,10 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "engine_direct_vs_orthanc_native": round(d / b, 3) if d and b else None,
         "engine_direct_vs_dcmtk": round(d / a, 3) if d and a else None,
     }
-    wc, wd = results.get("c_engine_airflow", {}).get("wall_s"), results.get("d_engine_direct", {}).get("wall_s")
+    wc, wd = (
+        results.get("c_engine_airflow", {}).get("wall_s"),
+        results.get("d_engine_direct", {}).get("wall_s"),
+    )
     out["airflow_overhead_share"] = round((wc - wd) / wc, 3) if wc and wd else None
     return out
 
@@ -57,8 +72,10 @@ def ratio_line(r: dict[str, float | None]) -> str:
     def fmt(v: float | None) -> str:
         return f"{v:.2f}" if v is not None else "nan"
 
-    return f"ratio_engine_vs_orthanc_native={fmt(r['engine_vs_orthanc_native'])} " \
-           f"ratio_engine_vs_dcmtk={fmt(r['engine_vs_dcmtk'])}"
+    return (
+        f"ratio_engine_vs_orthanc_native={fmt(r['engine_vs_orthanc_native'])} "
+        f"ratio_engine_vs_dcmtk={fmt(r['engine_vs_dcmtk'])}"
+    )
 
 
 def targets(report: dict[str, Any]) -> dict[str, Any]:
@@ -67,8 +84,10 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     lost = {k: v.get("lost") for k, v in res.items()}
     out = {
         "engine_ge_0.8x_orthanc_native": (r["engine_vs_orthanc_native"] or 0) >= 0.8
-        if r["engine_vs_orthanc_native"] is not None else None,
-        "airflow_overhead_le_5pct": (r["airflow_overhead_share"] <= 0.05) if r["airflow_overhead_share"] is not None
+        if r["engine_vs_orthanc_native"] is not None
+        else None,
+        "airflow_overhead_le_5pct": (r["airflow_overhead_share"] <= 0.05)
+        if r["airflow_overhead_share"] is not None
         else None,
         "zero_lost_instances": all(v == 0 for v in lost.values() if v is not None),
         "lost_instances_by_path": lost,
@@ -115,8 +134,13 @@ def plot(report: dict[str, Any], png: Path) -> Path | None:
 
 def run_inventory_scale(rows: int, timeout: float = 900) -> dict[str, Any]:
     """The inventory profile in a child process (its peak memory is its own)."""
-    proc = subprocess.run([sys.executable, "-m", "bench.inventory_scale", "--rows", str(rows), "--json"],
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.inventory_scale", "--rows", str(rows), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"ok": False, "rows": rows, "returncode": proc.returncode, "stderr": proc.stderr[-2000:]}
@@ -134,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images-scale", type=float)
     parser.add_argument("--matrix", type=int)
     parser.add_argument("--paths", default="a,b,c,d", help="comma list of a (dcmtk), b (Orthanc), c, d")
-    parser.add_argument("--inventory-rows", type=int, help="rows of the inventory profile (default 10 M; quick 200 k)")
+    parser.add_argument(
+        "--inventory-rows", type=int, help="rows of the inventory profile (default 10 M; quick 200 k)"
+    )
     parser.add_argument("--no-inventory", action="store_true")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temp dir, removed)")
@@ -149,33 +175,59 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     t_all = time.perf_counter()
-    report: dict[str, Any] = {"timestamp": stamp, "machine": machine(), "profile": profile,
-                              "quick": args.quick, "paths": {}}
-    print(f"pacsmig bench {stamp}: {profile} on {report['machine']['nproc']} cores "
-          f"({report['machine']['cpu_model']}); work dir {work}", flush=True)
+    report: dict[str, Any] = {
+        "timestamp": stamp,
+        "machine": machine(),
+        "profile": profile,
+        "quick": args.quick,
+        "paths": {},
+    }
+    print(
+        f"pacsmig bench {stamp}: {profile} on {report['machine']['nproc']} cores "
+        f"({report['machine']['cpu_model']}); work dir {work}",
+        flush=True,
+    )
     archive = build_archive(work, **profile)
     storage_port = free_port()
-    legacy = OrthancServer(work / "legacy", name="LEGACY", aet="LEGACY",
-                           modalities={"pacsmig": ("PACSMIG", "127.0.0.1", storage_port)}).start()
+    legacy = OrthancServer(
+        work / "legacy",
+        name="LEGACY",
+        aet="LEGACY",
+        modalities={"pacsmig": ("PACSMIG", "127.0.0.1", storage_port)},
+    ).start()
     try:
         upload(archive, legacy)
-        report["archive"] = {"studies": archive.truth.n_studies, "instances": archive.n_instances,
-                             "megabytes": round(archive.total_bytes / 1e6, 2),
-                             "by_modality": archive.truth.by_modality, "generate_s": round(archive.generate_s, 2),
-                             "upload_s": round(archive.upload_s, 2)}
-        print(f"archive: {archive.truth.n_studies} studies, {archive.n_instances} instances, "
-              f"{archive.total_bytes / 1e6:.1f} MB (generated in {archive.generate_s:.0f}s, "
-              f"uploaded in {archive.upload_s:.0f}s)", flush=True)
-        runners = {"a_dcmtk": run_dcmtk, "b_orthanc_native": run_orthanc_native,
-                   "c_engine_airflow": run_engine_airflow, "d_engine_direct": run_engine_direct}
+        report["archive"] = {
+            "studies": archive.truth.n_studies,
+            "instances": archive.n_instances,
+            "megabytes": round(archive.total_bytes / 1e6, 2),
+            "by_modality": archive.truth.by_modality,
+            "generate_s": round(archive.generate_s, 2),
+            "upload_s": round(archive.upload_s, 2),
+        }
+        print(
+            f"archive: {archive.truth.n_studies} studies, {archive.n_instances} instances, "
+            f"{archive.total_bytes / 1e6:.1f} MB (generated in {archive.generate_s:.0f}s, "
+            f"uploaded in {archive.upload_s:.0f}s)",
+            flush=True,
+        )
+        runners = {
+            "a_dcmtk": run_dcmtk,
+            "b_orthanc_native": run_orthanc_native,
+            "c_engine_airflow": run_engine_airflow,
+            "d_engine_direct": run_engine_direct,
+        }
         for name in wanted:
             t = time.perf_counter()
             print(f"--- {name} ...", flush=True)
             res = runners[name](archive, work, legacy)
             report["paths"][name] = res
-            print(f"{name}: {res['images_per_s']} images/s, {res['mb_per_s']} MB/s, wall {res['wall_s']}s, "
-                  f"lost {res['lost']}, CPU ms/image {res['cpu_ms_per_image']} "
-                  f"(phase took {time.perf_counter() - t:.0f}s)", flush=True)
+            print(
+                f"{name}: {res['images_per_s']} images/s, {res['mb_per_s']} MB/s, wall {res['wall_s']}s, "
+                f"lost {res['lost']}, CPU ms/image {res['cpu_ms_per_image']} "
+                f"(phase took {time.perf_counter() - t:.0f}s)",
+                flush=True,
+            )
     finally:
         legacy.stop()
         if args.work is None:
@@ -185,8 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--- inventory profile, {rows} studies ...", flush=True)
         report["inventory_scale"] = run_inventory_scale(rows)
         inv = report["inventory_scale"]
-        print(f"inventory {rows}: " + (f"{inv['total_s']}s, peak {inv['peak_rss_mb']} MB, stages {inv['stages_s']}"
-                                        if inv.get("ok") else f"FAILED: {inv.get('stderr', '')[-500:]}"), flush=True)
+        print(
+            f"inventory {rows}: "
+            + (
+                f"{inv['total_s']}s, peak {inv['peak_rss_mb']} MB, stages {inv['stages_s']}"
+                if inv.get("ok")
+                else f"FAILED: {inv.get('stderr', '')[-500:]}"
+            ),
+            flush=True,
+        )
     report["ratios"] = ratios(report["paths"])
     report["targets"] = targets(report)
     report["total_s"] = round(time.perf_counter() - t_all, 1)

@@ -11,8 +11,10 @@ import logging
 import math
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -188,6 +190,23 @@ def default_workers() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
 
 
+@contextmanager
+def _main_not_reimported() -> Iterator[None]:
+    """Spawned workers re-run ``__main__`` by path; in an Airflow task that is the ``airflow`` script,
+    which cannot initialise there (the task process has no metadata DB URL). The workers need only
+    this module, so the path is hidden while they start."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(getattr(main, "__spec__", None), "name", None):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 def verify_tasks(conn: ConnectionSpec, tasks: Sequence[InstanceTask], workers: int | None = None,
                  chunk_size: int = 25,
                  on_chunk: Callable[[list[InstanceResult]], None] | None = None) -> list[InstanceResult]:
@@ -210,7 +229,7 @@ def verify_tasks(conn: ConnectionSpec, tasks: Sequence[InstanceTask], workers: i
     # spawn: a fresh interpreter per worker, safe inside threaded hosts (Airflow's task runner).
     context = multiprocessing.get_context("spawn")
     size = max(1, min(chunk_size, math.ceil(len(tasks) / workers)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with _main_not_reimported(), ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [pool.submit(verify_chunk, conn, list(chunk)) for chunk in _chunks(tasks, size)]
         for future in futures:
             done = future.result()
