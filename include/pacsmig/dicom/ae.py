@@ -38,8 +38,11 @@ def enable_tcp_nodelay() -> None:
 
 
 def make_ae(ae_title: str, timeout: float = 60.0) -> AE:
-    """An AE with our title, sane timeouts and TCP_NODELAY."""
+    """An AE with our title, sane timeouts, TCP_NODELAY and the reactor race fixed."""
+    from pacsmig.dicom.reactor import fix_reactor_race
+
     enable_tcp_nodelay()
+    fix_reactor_race()
     ae = AE(ae_title=ae_title)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout

@@ -208,8 +208,10 @@ def extract_study(ctx: MigrationContext, study_instance_uid: str, *, final_attem
                 quarantine(cur, ledger, study_instance_uid, getattr(m, "sop_instance_uid", None),
                            reason=Reason.MALFORMED_INSTANCE, detail=getattr(m, "detail", "unparseable"),
                            path=getattr(m, "path", None), file_hash=getattr(m, "file_hash", None))
-        conflicted = {c.sop_instance_uid for c in result.conflicts}
-        missing = sorted(expected_sops - set(received) - conflicted)
+        # Conflicting and malformed instances are in quarantine already: not missing.
+        accounted = {c.sop_instance_uid for c in result.conflicts} | {
+            m.sop_instance_uid for m in result.malformed if getattr(m, "sop_instance_uid", None)}
+        missing = sorted(expected_sops - set(received) - accounted)
         summary = {"expected": len(expected_sops), "received": len(received),
                    "inventory_expected": study["expected_instances"], "missing": len(missing),
                    "conflicts": len(result.conflicts), "malformed": len(result.malformed) + len(bad),
