@@ -43,11 +43,12 @@ def run(cmd: list[str], env: dict[str, str], log: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
-    parser.add_argument("--studies", type=int, default=int(os.environ.get("PACSMIG_DEMO_STUDIES", "120")))
+    parser.add_argument("--studies", type=int, default=int(os.environ.get("PACSMIG_DEMO_STUDIES", "100")))
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("PACSMIG_DATA_DIR", REPO / "data")))
     parser.add_argument("--serve", action="store_true", help="keep Airflow UI + Orthancs running at the end")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr] - progress shows as it happens
 
     from pacsmig.config import ConnectionSpec
     from pacsmig.ledger import create_database
