@@ -31,25 +31,31 @@ class _Checkpoint(threading.Event):
     def __init__(self, assoc: Association) -> None:
         super().__init__()
         self._assoc = weakref.ref(assoc)
+        self._parked = False  # the reactor is inside wait() on a cleared checkpoint
         self.set()
 
+    def _mark(self, paused: bool) -> None:
+        assoc = self._assoc()
+        if assoc is not None:
+            assoc._is_paused = paused
+
     def clear(self) -> None:
-        """Clear, and mark the reactor not (yet) paused in the same critical section."""
+        """Clear; the reactor counts as paused only if it is already parked in wait()."""
         with self._cond:
             self._flag = False
-            assoc = self._assoc()
-            if assoc is not None:
-                assoc._is_paused = False
+            self._mark(self._parked)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block while cleared; only a reactor that really blocks here counts as paused."""
         with self._cond:
             if self._flag:
                 return True
-            assoc = self._assoc()
-            if assoc is not None:
-                assoc._is_paused = True
-            return self._cond.wait_for(lambda: self._flag, timeout)
+            self._parked = True
+            self._mark(True)
+            try:
+                return self._cond.wait_for(lambda: self._flag, timeout)
+            finally:
+                self._parked = False
 
 
 def fix_reactor_race() -> None:

@@ -46,6 +46,7 @@ from pynetdicom.status import code_to_category
 
 from pacsmig.config import DicomNode
 from pacsmig.dicom.ae import make_ae
+from pacsmig.dicom.reactor import fix_reactor_race
 from pacsmig.dicom.scp import StorageSCP, handle_store
 from pacsmig.dicom.staging import Conflict, Malformed, ReceivedInstance, StagingStore
 from pacsmig.errors import DicomError
@@ -133,6 +134,7 @@ class RetrieveResult:
 # --- C-FIND below a study ---------------------------------------------------------------------
 @contextmanager
 def _find_association(node: DicomNode) -> Iterator[Association]:
+    fix_reactor_race()
     ae = make_ae(node.calling_ae_title, node.timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
@@ -146,21 +148,17 @@ def _find_association(node: DicomNode) -> Iterator[Association]:
 
 
 def _find(assoc: Association, query: Dataset) -> list[Dataset]:
-    rows: list[Dataset] = []
-    final: int | None = None
-    for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-        if not status or "Status" not in status:
-            raise DicomError(f"C-FIND at {query.QueryRetrieveLevel} level: no response (timeout or abort)")
-        final = int(status.Status)
-        if code_to_category(final) == _PENDING:
-            if identifier is not None:
-                rows.append(identifier)
-            continue
-        break
-    if final is None or code_to_category(final) not in (_SUCCESS, _WARNING):
+    # send_find re-sends a query whose answer pynetdicom's reactor swallowed on this reused association
+    from pacsmig.dicom.find import send_find
+
+    result = send_find(assoc, query, StudyRootQueryRetrieveInformationModelFind)
+    final = result.status
+    if final is None:
+        raise DicomError(f"C-FIND at {query.QueryRetrieveLevel} level: no response (timeout or abort)")
+    if code_to_category(final) not in (_SUCCESS, _WARNING):
         raise DicomError(f"C-FIND at {query.QueryRetrieveLevel} level failed with status "
                          f"0x{(final or 0):04X}")
-    return rows
+    return result.identifiers
 
 
 def _walk_study(node: DicomNode, study_instance_uid: str,
@@ -263,6 +261,7 @@ def _request(node: DicomNode, store: StagingStore, mode: str, identifier: Datase
         "status": None, "category": None, "completed": 0, "failed": 0, "warning": 0, "remaining": 0,
         "failed_sop_uids": [], "error": None,
     }
+    fix_reactor_race()
     ae = make_ae(node.calling_ae_title, node.timeout)
     kwargs: dict[str, Any] = {}
     if mode == "get":

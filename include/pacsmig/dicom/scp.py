@@ -30,6 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsmig.config import DicomNode
 from pacsmig.dicom.ae import make_ae
+from pacsmig.dicom.reactor import fix_reactor_race
 from pacsmig.dicom.staging import STATUS_PROCESSING_FAILURE, StagingStore
 from pacsmig.errors import DicomError
 
@@ -185,6 +186,7 @@ class StorageSCP:
         """Bind and serve in a background thread (``ae.start_server(..., block=False)`` semantics)."""
         if self._server is not None:
             return self
+        fix_reactor_race()
         ae = make_ae(self.node.calling_ae_title, self.node.timeout)
         ae.require_calling_aet = [self.node.ae_title]
         ae.maximum_associations = 64
