@@ -60,7 +60,8 @@ def make_study(root: Path, n_series: int = 2, per_series: int = 5) -> tuple[str,
     for s in range(n_series):
         series = generate_uid()
         for i in range(per_series):
-            entries.append(make_instance(root / f"{s}_{i}.dcm", study, series, number=i + 1, value=s * 50 + i))
+            entries.append(make_instance(root / f"{s}_{i}.dcm", study, series, number=i + 1,
+                                         value=s * 50 + i))
     return study, entries
 
 
@@ -201,7 +202,8 @@ def _serve(config_path: Path) -> None:
             yield None, None
             return
         contexts = [build_context(c, t) for c, t in sorted({(r["sop_class"], r["ts"]) for r in rows})]
-        yield dest[0], dest[1], {"contexts": contexts or [build_context(CTImageStorage, ExplicitVRLittleEndian)]}
+        fallback = [build_context(CTImageStorage, ExplicitVRLittleEndian)]
+        yield dest[0], dest[1], {"contexts": contexts or fallback}
         yield len(rows)
         abort = faults.get("abort_after") or {}
         a702 = faults.get("a702_after") or {}
