@@ -25,6 +25,7 @@ import os
 from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+
 from pacsmig.ops.migrate_tasks import partition_report, select_for_run, study_task_group
 
 # A data-interval timetable: each run covers [start, end) of study dates (Airflow 3's default cron

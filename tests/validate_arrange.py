@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import requests
-from pacsmig.ledger import Ledger, StudyState
-from pacsmig.verify.hashing import hash_instance
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pacsmig.ledger import Ledger, StudyState
+from pacsmig.verify.hashing import hash_instance
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from pacsmig.config import ConnectionSpec
-from pacsmig.ledger import Ledger
 from validate_arrange import delete_instance, make_archive, record_migrated
 
+from pacsmig.config import ConnectionSpec
+from pacsmig.ledger import Ledger
 from testbed.orthanc import OrthancServer, free_port
 
 pytestmark = pytest.mark.dags

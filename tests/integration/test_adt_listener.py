@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 from hl7.client import MLLPClient
+
 from pacsmig.adt.listener import AdtListener, running_listener
 from pacsmig.adt.send import MllpConnection, build_adt, parse_ack, send_adt
-
 from testbed.orthanc import free_port
 
 pytestmark = pytest.mark.integration

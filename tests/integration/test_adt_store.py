@@ -1,6 +1,7 @@
 """ADT storage, the admission queue, patient resolution and prefetch priority on the real ledger."""
 
 import pytest
+
 from pacsmig.adt.messages import AdtError, parse_adt
 from pacsmig.adt.send import build_adt
 from pacsmig.adt.store import (

@@ -5,12 +5,12 @@ import importlib
 import threading
 
 import pytest
+
 from pacsmig.adt.messages import parse_adt
 from pacsmig.adt.send import build_adt
 from pacsmig.adt.store import store_event
 from pacsmig.errors import LedgerError
 from pacsmig.ledger import Ledger
-
 from testbed.orthanc import free_port
 
 pytestmark = pytest.mark.integration

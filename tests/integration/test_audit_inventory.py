@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
+
 from pacsmig.audit.pipeline import merge, plan_windows, run_window
 from pacsmig.config import DicomNode
-
 from testbed.orthanc import OrthancServer, free_port
 
 pytestmark = pytest.mark.integration

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+
 from pacsmig.custody import chain
 from pacsmig.custody.cli import main as custody_main
 from pacsmig.ledger import GENESIS_HASH, Ledger, custody_entry_hash

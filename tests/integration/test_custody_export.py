@@ -9,13 +9,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from validate_arrange import make_archive, record_migrated
+
 from pacsmig.config import ConnectionSpec, DicomNode
 from pacsmig.custody import syslog
 from pacsmig.custody.cli import main as custody_main
 from pacsmig.custody.evidence import build_bundle, verify_bundle, write_bundle
 from pacsmig.custody.export import export_studies, study_records, to_dicom_xml, to_fhir, validate_dicom_xml
 from pacsmig.ledger import Ledger
-from validate_arrange import make_archive, record_migrated
 
 pytestmark = pytest.mark.integration
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 from extract_fakepacs import fake_pacs, make_instance, make_study, truncate_copy
+
 from pacsmig.config import DicomNode
 from pacsmig.dicom.retrieve import retrieve
 from pacsmig.dicom.staging import STATUS_CANNOT_UNDERSTAND, _meta_end, file_sha256
 from pacsmig.ledger import Reason
-
 from testbed.orthanc import free_port
 
 pytestmark = pytest.mark.integration

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+
 from pacsmig.config import DicomNode
 from pacsmig.dicom.retrieve import list_study_instances, retrieve
 from pacsmig.dicom.staging import _meta_end, file_sha256

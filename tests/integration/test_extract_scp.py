@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pacsmig.config import DicomNode
-from pacsmig.dicom.ae import make_ae
-from pacsmig.dicom.reactor import fix_reactor_race
-from pacsmig.dicom.scp import StorageSCP
-from pacsmig.dicom.staging import _meta_end
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pynetdicom import _config
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from pacsmig.config import DicomNode
+from pacsmig.dicom.ae import make_ae
+from pacsmig.dicom.reactor import fix_reactor_race
+from pacsmig.dicom.scp import StorageSCP
+from pacsmig.dicom.staging import _meta_end
 from testbed.orthanc import free_port
 
 pytestmark = pytest.mark.integration

@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pacsmig.audit.inventory import walk_study
-from pacsmig.config import DicomNode
-from pacsmig.dicom import retrieve
-from pacsmig.dicom.find import FindClient, query_dataset
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.status import code_to_category
 
+from pacsmig.audit.inventory import walk_study
+from pacsmig.config import DicomNode
+from pacsmig.dicom import retrieve
+from pacsmig.dicom.find import FindClient, query_dataset
 from testbed.orthanc import OrthancServer
 
 pytestmark = pytest.mark.integration

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
 from pacsmig.config import ConnectionSpec
 from pacsmig.load import (
     ALREADY_STORED_SAME,
@@ -20,9 +23,6 @@ from pacsmig.load import (
 from pacsmig.load.compare import compare_instances
 from pacsmig.load.cstore import CStoreDestination
 from pacsmig.verify.hashing import hash_instance
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
-
 from testbed.orthanc import OrthancServer, free_port
 
 SAMPLES = ["CT_small.dcm", "MR_small_implicit.dcm", "rtdose.dcm", "SC_rgb_rle.dcm", "JPEG2000.dcm"]

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
 from pacsmig.config import ConnectionSpec
 from pacsmig.load import (
     ALREADY_STORED_SAME,
@@ -31,9 +34,6 @@ from pacsmig.load import (
 )
 from pacsmig.load.dicomweb import DicomWebDestination
 from pacsmig.verify.hashing import hash_instance
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
-
 from testbed.orthanc import OrthancServer, free_port
 
 SAMPLES = ["CT_small.dcm", "MR_small_bigendian.dcm", "rtdose.dcm", "SC_rgb_rle.dcm",

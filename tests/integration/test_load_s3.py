@@ -13,13 +13,13 @@ import boto3
 import pydicom
 import pytest
 from moto.server import ThreadedMotoServer
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
 from pacsmig.config import ConnectionSpec
 from pacsmig.load import ALREADY_STORED_SAME, CONFLICT, FAILED, STORED, StoreFailed, open_destination
 from pacsmig.load.compare import sha256
 from pacsmig.load.s3 import S3Destination
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
-
 from testbed.orthanc import free_port
 
 SAMPLES = ["CT_small.dcm", "MR_small.dcm", "rtdose.dcm"]

@@ -21,7 +21,13 @@ import requests
 from pacsmig.config import ConnectionSpec
 from pacsmig.errors import LoadError
 from pacsmig.ledger import Ledger
-from pacsmig.migrate.pipeline import MigrationContext, extract_study, load_study, migrate_study, transform_study
+from pacsmig.migrate.pipeline import (
+    MigrationContext,
+    extract_study,
+    load_study,
+    migrate_study,
+    transform_study,
+)
 from pacsmig.plan.inventory import load_inventory
 from pacsmig.plan.strategy import apply_strategy
 from pacsmig.transform.mpi import load_crosswalk_into_ledger

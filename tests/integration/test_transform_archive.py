@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from transform_testkit import private_values
+
 from pacsmig.transform import Crosswalk, RuleSet, default_rules_path, transform_instance
 from pacsmig.transform.rules import PrivateRef
 from pacsmig.verify.hashing import hash_instance
-from transform_testkit import private_values
 
 pytestmark = pytest.mark.integration
 

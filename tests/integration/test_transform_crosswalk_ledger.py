@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from pacsmig.ledger import Ledger
 from pacsmig.ledger.cli import main as ledger_cli
 from pacsmig.transform.mpi import Crosswalk, load_crosswalk_into_ledger

@@ -15,10 +15,6 @@ import pandas as pd
 import pydicom
 import pytest
 import requests
-from pacsmig.config import ConnectionSpec, DicomNode
-from pacsmig.ledger import Ledger
-from pacsmig.verify.reconcile import Scope
-from pacsmig.verify.validate import run_validation
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import JPEG2000Lossless, RLELossless
@@ -33,6 +29,10 @@ from validate_arrange import (
     replace_instance,
 )
 
+from pacsmig.config import ConnectionSpec, DicomNode
+from pacsmig.ledger import Ledger
+from pacsmig.verify.reconcile import Scope
+from pacsmig.verify.validate import run_validation
 from testbed.orthanc import OrthancServer, free_port
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from pacsmig.config import ConnectionSpec
-from pacsmig.ledger import Ledger
-from pacsmig.verify.reconcile import Scope
-from pacsmig.verify.sample import build_review_sample, clinical_checks, record_sample, select_sample
 from validate_arrange import (
     dataset_bytes,
     delete_instance,
@@ -22,6 +18,10 @@ from validate_arrange import (
     replace_instance,
 )
 
+from pacsmig.config import ConnectionSpec
+from pacsmig.ledger import Ledger
+from pacsmig.verify.reconcile import Scope
+from pacsmig.verify.sample import build_review_sample, clinical_checks, record_sample, select_sample
 from testbed.orthanc import OrthancServer
 
 pytestmark = pytest.mark.integration

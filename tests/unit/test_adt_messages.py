@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import hl7
 import pytest
+
 from pacsmig.adt.messages import (
     AckCode,
     AdtError,

@@ -6,11 +6,12 @@ from datetime import date
 
 import pandas as pd
 import pytest
+from pydicom.dataset import Dataset
+
 from pacsmig.audit.assessment import SEEDING_THRESHOLD_BYTES, build_assessment, by_modality, timeline
 from pacsmig.audit.inventory import needs_walk, parse_study_date, study_record
 from pacsmig.audit.profile import bytes_method_text, estimate_bytes, primary_modality, size_profile
 from pacsmig.audit.report import human_bytes, render
-from pydicom.dataset import Dataset
 
 
 def test_timeline_takes_the_slower_of_rate_and_link() -> None:

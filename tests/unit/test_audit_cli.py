@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pacsmig.audit.cli import main, parser
 from pacsmig.cli import main as pacsmig_main
 

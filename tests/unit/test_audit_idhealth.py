@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pyarrow as pa
+
 from pacsmig.audit.idhealth import id_pattern, normalise_text, patient_id_issues, summarise
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pacsmig.audit.privatetags import audit_datasets, is_clinical, private_name
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+
+from pacsmig.audit.privatetags import audit_datasets, is_clinical, private_name
 
 
 def _ct(slot: int, other_slot: int) -> Dataset:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from pacsmig.audit.inventory import SCHEMA
 from pacsmig.quality import ExpectationsFailed, run_suite
 from pacsmig.quality.inventory_suite import validate_inventory

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
+from pydicom.dataset import Dataset
+
 from pacsmig.audit.inventory import (
     InventoryTruncated,
     WindowStats,
@@ -15,7 +17,6 @@ from pacsmig.audit.inventory import (
 from pacsmig.audit.windows import UNDATED, DateWindow, build_windows, window_labels
 from pacsmig.dicom.find import FindResult
 from pacsmig.errors import ConfigError
-from pydicom.dataset import Dataset
 
 
 def test_windows_cover_the_range_without_gaps_or_overlaps() -> None:
@@ -142,6 +143,7 @@ def test_inventory_window_rows_and_stats() -> None:
 
 
 def test_edge_windows_catch_studies_dated_outside_the_range() -> None:
+    import itertools
     from datetime import date as _date
 
     from pacsmig.audit.windows import DateWindow, window_labels
@@ -151,6 +153,6 @@ def test_edge_windows_catch_studies_dated_outside_the_range() -> None:
     assert first.dicom_range == "00010101-20091231"
     assert last.dicom_range == "20250101-99991231"
     windows = [DateWindow.from_label(label) for label in labels[:-1]]
-    for a, b in zip(windows, windows[1:]):            # contiguous: no day falls between windows
+    for a, b in itertools.pairwise(windows):          # contiguous: no day falls between windows
         assert (b.start - a.end).days == 1
     assert windows[0].start == _date(1, 1, 1) and labels[-1] == "undated"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+
 from pacsmig.dicom import staging
 from pacsmig.dicom.staging import (
     STATUS_CANNOT_UNDERSTAND,
@@ -20,7 +22,6 @@ from pacsmig.dicom.staging import (
     file_sha256,
 )
 from pacsmig.ledger import Reason
-from pydicom.data import get_testdata_file
 
 DATA = Path(get_testdata_file("CT_small.dcm")).parent
 

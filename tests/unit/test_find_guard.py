@@ -5,8 +5,9 @@ from __future__ import annotations
 import queue
 from typing import Any
 
-from pacsmig.dicom.find import ResponseGuard
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND
+
+from pacsmig.dicom.find import ResponseGuard
 
 
 class FakeDimse:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pacsmig.verify.hashing import hash_instance
 from pydicom._private_dict import private_dictionaries
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
+from pacsmig.verify.hashing import hash_instance
 from testbed import generator as g
 from testbed.generator import GroundTruth, archive_digest, generate, read_crosswalk
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+
 from pacsmig.config import ConnectionSpec
 from pacsmig.errors import ConfigError
 from pacsmig.load import (
@@ -25,7 +27,6 @@ from pacsmig.load.dicomweb import parse_multipart
 from pacsmig.load.filesystem import FilesystemDestination
 from pacsmig.load.multi import combine_acks
 from pacsmig.verify.hashing import hash_instance
-from pydicom.data import get_testdata_file
 
 
 def sample(name: str) -> Path:

@@ -8,13 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from transform_testkit import make_dataset, private_values, write
+
 from pacsmig.errors import TransformError
 from pacsmig.transform import RuleSet, default_rules_path, dry_run, transform_instance
 from pacsmig.transform.cli import main as rules_cli
 from pacsmig.transform.mpi import Crosswalk
 from pacsmig.verify.hashing import hash_instance
-from pydicom.data import get_testdata_file
-from transform_testkit import make_dataset, private_values, write
 
 WHEN = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 SIE_GEN = "SIEMENS CT VA0  GEN"

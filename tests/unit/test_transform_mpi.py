@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pacsmig.errors import TransformError
-from pacsmig.transform.mpi import Crosswalk, reconcile
 from pydicom.dataset import Dataset
 from transform_testkit import make_dataset
+
+from pacsmig.errors import TransformError
+from pacsmig.transform.mpi import Crosswalk, reconcile
 
 
 def write_csv(path: Path, rows: list[tuple[str, str, str]],

@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
+from transform_testkit import make_dataset, private_values
+
 from pacsmig.errors import TransformError
 from pacsmig.transform.provenance import record_original_attributes
 from pacsmig.transform.rules import RuleSet, default_rules_path
-from pydicom.dataset import Dataset
-from transform_testkit import make_dataset, private_values
 
 GE = "GEMS_GDXE_FALCON_04"
 SIE_GEN = "SIEMENS CT VA0  GEN"

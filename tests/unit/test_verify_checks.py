@@ -6,14 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pacsmig.verify.hashing import hash_instance
-from pacsmig.verify.headerdiff import header_diff, parse_tag
-from pacsmig.verify.readback import NO_STAGED_SOURCE, InstanceTask, check_instance
-from pacsmig.verify.sample import _largest_remainder, primary_modality
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import JPEG2000Lossless, RLELossless
 from validate_arrange import dataset_bytes, make_archive, read
+
+from pacsmig.verify.hashing import hash_instance
+from pacsmig.verify.headerdiff import header_diff, parse_tag
+from pacsmig.verify.readback import NO_STAGED_SOURCE, InstanceTask, check_instance
+from pacsmig.verify.sample import _largest_remainder, primary_modality
 
 
 @pytest.fixture(scope="module")
