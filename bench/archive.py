@@ -14,7 +14,7 @@ from testbed.orthanc import OrthancServer
 #: Sizes per profile: studies, images_scale, matrix (px), min images per CT/MR study.
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"studies": 12, "images_scale": 0.5, "matrix": 128, "min_images_ct_mr": 50},
-    "default": {"studies": 60, "images_scale": 2.0, "matrix": 256, "min_images_ct_mr": 50},
+    "default": {"studies": 40, "images_scale": 2.0, "matrix": 256, "min_images_ct_mr": 50},
 }
 
 

@@ -592,7 +592,6 @@ def _task_stats(db: str, run_ids: list[str]) -> dict[str, Any]:
 def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer) -> dict[str, Any]:
     """pacs_plan -> pacs_migrate (all_queued) -> pacs_validate, on a real scheduler (LocalExecutor)."""
     from pacsmig.ledger import create_database
-
     from testbed.airflow_stack import AirflowStack
 
     target, dsn, data, env = _engine_setup(archive, work, legacy, "c")
