@@ -283,13 +283,10 @@ def profile_inventory(path: Path, out: Path) -> dict[str, Any]:
     """Read the inventory and run the audit's profiling, ID health and assessment on it; times per stage."""
     from pacsmig.audit.assessment import build_assessment, write_json
     from pacsmig.audit.idhealth import write_issues
-    from pacsmig.audit.inventory import read_inventory
+    from pacsmig.audit.inventory import ASSESSMENT_COLUMNS, read_inventory
     from pacsmig.audit.profile import bytes_method_text, estimate_bytes
 
     stages: dict[str, float] = {}
-    t = time.perf_counter()
-    inventory = read_inventory(path)
-    stages["read_inventory"] = time.perf_counter() - t
     t = time.perf_counter()
     id_table = pq.read_table(
         path,
@@ -305,6 +302,11 @@ def profile_inventory(path: Path, out: Path) -> dict[str, Any]:
     issues = write_issues(id_table, out / "patient_id_issues.csv")
     del id_table
     stages["id_health"] = time.perf_counter() - t
+    # As in pacs_audit, where ID health and the assessment are separate tasks (processes): the
+    # inventory is read for the assessment only after the ID-health tables are gone.
+    t = time.perf_counter()
+    inventory = read_inventory(path, ASSESSMENT_COLUMNS)
+    stages["read_inventory"] = time.perf_counter() - t
     t = time.perf_counter()
     est, provenance = estimate_bytes(inventory, synthetic_samples())
     inventory["est_bytes"] = est.to_numpy()

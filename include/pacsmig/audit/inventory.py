@@ -462,9 +462,25 @@ def write_part(records: list[dict[str, Any]], parts_dir: Path, label: str) -> Pa
     return write_table(to_table(records), part_path(parts_dir, label))
 
 
-def read_inventory(path: Path) -> pd.DataFrame:
-    """The inventory (or a part) as a DataFrame with :data:`SCHEMA`'s columns."""
-    return pq.read_table(path, schema=SCHEMA).to_pandas()
+#: What the byte estimate and the assessment read: a 10 M-study inventory fits in memory this way.
+ASSESSMENT_COLUMNS = ("study_instance_uid", "study_date", "study_date_status", "modalities",
+                      "primary_modality", "n_series", "n_instances", "est_bytes")
+
+
+def read_inventory(path: Path, columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """The inventory (or a part) as a DataFrame with :data:`SCHEMA`'s columns (or only ``columns``)."""
+    if columns is None:
+        return pq.read_table(path, schema=SCHEMA).to_pandas()
+    wanted = [c for c in columns if c in SCHEMA.names]
+    return pq.read_table(path, schema=SCHEMA, columns=wanted).to_pandas()
+
+
+def set_est_bytes(path: Path, est_bytes: Any) -> None:
+    """Write the byte estimate into the inventory file without loading it into pandas."""
+    table = pq.read_table(path, schema=SCHEMA)
+    column = pa.array(est_bytes, type=SCHEMA.field("est_bytes").type)
+    table = table.set_column(SCHEMA.get_field_index("est_bytes"), SCHEMA.field("est_bytes"), column)
+    write_table(table, path)
 
 
 def frame_to_table(df: pd.DataFrame) -> pa.Table:

@@ -17,12 +17,12 @@ from typing import Any
 from pacsmig.audit import assessment as assess_mod
 from pacsmig.audit.idhealth import write_issues
 from pacsmig.audit.inventory import (
-    frame_to_table,
+    ASSESSMENT_COLUMNS,
     inventory_window,
     merge_parts,
     read_inventory,
+    set_est_bytes,
     write_part,
-    write_table,
 )
 from pacsmig.audit.privatetags import write_private_tags
 from pacsmig.audit.profile import bytes_method_text, estimate_bytes
@@ -140,11 +140,11 @@ def assess(
 
     ``throughput_images_per_s <= 0`` uses the rate measured while retrieving the samples.
     """
-    inventory = read_inventory(out / INVENTORY)
+    inventory = read_inventory(out / INVENTORY, ASSESSMENT_COLUMNS)
     samples = read_samples(out / SAMPLES)
     est, provenance = estimate_bytes(inventory, samples)
     inventory["est_bytes"] = est.to_numpy()
-    write_table(frame_to_table(inventory), out / INVENTORY)
+    set_est_bytes(out / INVENTORY, inventory["est_bytes"].to_numpy())
     source = "configured"
     if throughput_images_per_s <= 0:
         throughput_images_per_s = float(measured_images_per_s or 0.0)
