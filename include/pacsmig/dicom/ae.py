@@ -6,6 +6,8 @@ pynetdicom never sets TCP_NODELAY; with Nagle's algorithm on, small PDUs stall ~
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import threading
 from typing import Any
@@ -14,6 +16,11 @@ from pynetdicom import AE, transport
 
 _patched = threading.Lock()
 _done = False
+
+# pynetdicom logs every query/response identifier at INFO (PatientID, PatientName ...): no PHI in
+# task logs, so only its warnings pass unless PACSMIG_DICOM_DEBUG is set for a troubleshooting run.
+if not os.environ.get("PACSMIG_DICOM_DEBUG"):
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
 def enable_tcp_nodelay() -> None:
