@@ -128,3 +128,12 @@ def test_claim_is_exclusive_across_concurrent_workers(ledger_dsn: str) -> None:
         assert claim(ledger, "1.2.826.0.1.0", owner)            # the same run (a retry) keeps it
         release(ledger, "1.2.826.0.1.0", owner)
         assert claim(ledger, "1.2.826.0.1.0", "another-run")
+
+
+def test_a_study_another_run_finished_with_can_be_claimed_again(ledger_dsn: str) -> None:
+    with Ledger(ledger_dsn) as ledger:
+        load_inventory(ledger, inventory(1, undated=0))
+        assert claim(ledger, "1.2.826.0.1.0", "run-a")
+        assert not claim(ledger, "1.2.826.0.1.0", "run-b")        # run-a is still working on it
+        ledger.set_state("1.2.826.0.1.0", StudyState.QUARANTINED)  # run-a's last try gave up
+        assert claim(ledger, "1.2.826.0.1.0", "run-b")

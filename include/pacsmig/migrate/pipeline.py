@@ -98,7 +98,9 @@ def claim(ledger: Ledger, study_instance_uid: str, token: str, *, lease_minutes:
     with ledger.transaction() as cur:
         cur.execute(
             "SELECT study_instance_uid FROM studies WHERE study_instance_uid = %s AND "
-            "(claimed_by IS NULL OR claimed_by = %s OR claimed_at < now() - make_interval(mins => %s)) "
+            "(claimed_by IS NULL OR claimed_by = %s OR claimed_at < now() - make_interval(mins => %s) "
+            # A run that ended the study (quarantined on its last try, held ...) is done with it.
+            "OR state IN ('quarantined', 'held', 'loaded', 'verified', 'review')) "
             "FOR UPDATE SKIP LOCKED", (study_instance_uid, token, lease_minutes))
         if cur.fetchone() is None:
             return False
