@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             "studies": archive.truth.n_studies,
             "instances": archive.n_instances,
             "megabytes": round(archive.total_bytes / 1e6, 2),
-            "by_modality": archive.truth.by_modality,
+            "by_modality": archive.truth.by_modality(),
             "generate_s": round(archive.generate_s, 2),
             "upload_s": round(archive.upload_s, 2),
         }
