@@ -39,8 +39,9 @@ def airflow_env(home: Path, sql_alchemy_conn: str, *, api_port: int = 8080, dags
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn,
         "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+        # DAG files are parsed once at start; re-parsing every few seconds costs a core here.
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "300",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "300",
         "AIRFLOW__API__PORT": str(api_port),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
