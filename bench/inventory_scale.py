@@ -283,22 +283,12 @@ def profile_inventory(path: Path, out: Path) -> dict[str, Any]:
     """Read the inventory and run the audit's profiling, ID health and assessment on it; times per stage."""
     from pacsmig.audit.assessment import build_assessment, write_json
     from pacsmig.audit.idhealth import write_issues
-    from pacsmig.audit.inventory import ASSESSMENT_COLUMNS, read_inventory
+    from pacsmig.audit.inventory import ASSESSMENT_COLUMNS, ID_HEALTH_COLUMNS, read_inventory
     from pacsmig.audit.profile import bytes_method_text, estimate_bytes
 
     stages: dict[str, float] = {}
     t = time.perf_counter()
-    id_table = pq.read_table(
-        path,
-        columns=[
-            "study_instance_uid",
-            "patient_id",
-            "issuer_of_patient_id",
-            "patient_name",
-            "patient_birth_date",
-            "patient_sex",
-        ],
-    )
+    id_table = pq.read_table(path, columns=list(ID_HEALTH_COLUMNS))
     issues = write_issues(id_table, out / "patient_id_issues.csv")
     del id_table
     stages["id_health"] = time.perf_counter() - t

@@ -213,7 +213,6 @@ def _engine_setup(
     archive: BenchArchive, work: Path, legacy: OrthancServer, name: str
 ) -> tuple[OrthancServer, str, Path, dict[str, str]]:
     """A fresh target, ledger database and data folder; the environment the engine reads."""
-    from pacsmig.config import ConnectionSpec
     from pacsmig.ledger import Ledger, create_database
 
     target = _fresh_target(work, f"target_{name}")
@@ -227,27 +226,8 @@ def _engine_setup(
     shutil.copy(archive.inventory_path, data / "audit" / "inventory.parquet")
     storage_port = legacy.modalities["pacsmig"][2]
     env = {
-        "AIRFLOW_CONN_LEGACY_PACS": ConnectionSpec(
-            "legacy_pacs",
-            "dicom",
-            "127.0.0.1",
-            legacy.dicom_port,
-            extra={
-                "ae_title": legacy.aet,
-                "calling_ae_title": "PACSMIG",
-                "move_destination": "PACSMIG",
-                "storage_port": storage_port,
-                "timeout": 60,
-            },
-        ).to_json(),
-        "AIRFLOW_CONN_TARGET_ARCHIVE": ConnectionSpec(
-            "target_archive",
-            "http",
-            "127.0.0.1",
-            target.http_port,
-            schema="http",
-            extra={"dicomweb_path": "/dicom-web"},
-        ).to_json(),
+        "AIRFLOW_CONN_LEGACY_PACS": legacy.dicom_connection(storage_port, timeout=60).to_json(),
+        "AIRFLOW_CONN_TARGET_ARCHIVE": target.dicomweb_connection().to_json(),
         "AIRFLOW_CONN_MIGRATION_LEDGER": dsn,
         "PACSMIG_DATA_DIR": str(data),
         "PACSMIG_MPI_CROSSWALK": str(archive.crosswalk_path),

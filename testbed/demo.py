@@ -50,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr] - progress shows as it happens
 
-    from pacsmig.config import ConnectionSpec
     from pacsmig.ledger import create_database
     from testbed.generator import generate
 
@@ -92,13 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "PACSMIG_DATA_DIR": str(data),
             "PACSMIG_MPI_CROSSWALK": str(truth.crosswalk_path),
-            "AIRFLOW_CONN_LEGACY_PACS": ConnectionSpec(
-                "legacy_pacs", "dicom", "127.0.0.1", legacy.dicom_port,
-                extra={"ae_title": "LEGACY", "calling_ae_title": "PACSMIG", "move_destination": "PACSMIG",
-                       "storage_port": storage_port}).to_json(),
-            "AIRFLOW_CONN_TARGET_ARCHIVE": ConnectionSpec(
-                "target_archive", "http", "127.0.0.1", target.http_port, schema="http",
-                extra={"dicomweb_path": "/dicom-web"}).to_json(),
+            "AIRFLOW_CONN_LEGACY_PACS": legacy.dicom_connection(storage_port).to_json(),
+            "AIRFLOW_CONN_TARGET_ARCHIVE": target.dicomweb_connection().to_json(),
             "AIRFLOW_CONN_MIGRATION_LEDGER": ledger_dsn,
         })
         airflow = str(BIN / "airflow")

@@ -137,6 +137,22 @@ class OrthancServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # --- the pacsmig connections that reach this server (tests, demo, bench) -----------------
+    def dicomweb_connection(self, conn_id: str = "target_archive") -> Any:
+        """This Orthanc as a DICOMweb ``target_archive`` (a :class:`pacsmig.config.ConnectionSpec`)."""
+        from pacsmig.config import ConnectionSpec
+
+        return ConnectionSpec(conn_id, "http", "127.0.0.1", self.http_port, schema="http",
+                              extra={"dicomweb_path": "/dicom-web"})
+
+    def dicom_connection(self, storage_port: int, conn_id: str = "legacy_pacs", **extra: Any) -> Any:
+        """This Orthanc as the ``legacy_pacs`` Q/R SCP, moving to our storage SCP on ``storage_port``."""
+        from pacsmig.config import ConnectionSpec
+
+        return ConnectionSpec(conn_id, "dicom", "127.0.0.1", self.dicom_port,
+                              extra={"ae_title": self.aet, "calling_ae_title": "PACSMIG",
+                                     "move_destination": "PACSMIG", "storage_port": storage_port, **extra})
+
     # --- REST conveniences used by tests, demo and bench -------------------------------------
     def add_modality(self, name: str, aet: str, host: str, port: int) -> None:
         """Declare a peer at run time (PUT /modalities/{name})."""

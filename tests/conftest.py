@@ -116,18 +116,11 @@ def legacy_node(legacy_pacs: OrthancServer, storage_port: int):  # noqa: ANN201 
 
 def legacy_connection_json(server: OrthancServer, storage_port: int, **extra: object) -> str:
     """The ``legacy_pacs`` connection (AIRFLOW_CONN_LEGACY_PACS) for a given Orthanc."""
-    from pacsmig.config import ConnectionSpec
-
-    body = {"ae_title": server.aet, "calling_ae_title": "PACSMIG", "move_destination": "PACSMIG",
-            "storage_port": storage_port, **extra}
-    return ConnectionSpec("legacy_pacs", "dicom", "127.0.0.1", server.dicom_port, extra=body).to_json()
+    return server.dicom_connection(storage_port, **extra).to_json()
 
 
 def target_connection_json(server: OrthancServer) -> str:
-    from pacsmig.config import ConnectionSpec
-
-    return ConnectionSpec("target_archive", "http", "127.0.0.1", server.http_port, schema="http",
-                          extra={"dicomweb_path": "/dicom-web"}).to_json()
+    return server.dicomweb_connection().to_json()
 
 
 # --- Airflow --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ compared with the generator's ground truth.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -45,8 +46,8 @@ def truth_inventory(truth) -> pd.DataFrame:  # noqa: ANN001
 
 
 def target_conn(server: OrthancServer, port: int | None = None) -> ConnectionSpec:
-    return ConnectionSpec("target_archive", "http", "127.0.0.1", port or server.http_port, schema="http",
-                          extra={"dicomweb_path": "/dicom-web"})
+    conn = server.dicomweb_connection()
+    return dataclasses.replace(conn, port=port) if port else conn
 
 
 @pytest.fixture

@@ -462,6 +462,10 @@ def write_part(records: list[dict[str, Any]], parts_dir: Path, label: str) -> Pa
     return write_table(to_table(records), part_path(parts_dir, label))
 
 
+#: What patient-ID health reads.
+ID_HEALTH_COLUMNS = ("study_instance_uid", "patient_id", "issuer_of_patient_id", "patient_name",
+                     "patient_birth_date", "patient_sex")
+
 #: What the byte estimate and the assessment read: a 10 M-study inventory fits in memory this way.
 ASSESSMENT_COLUMNS = ("study_instance_uid", "study_date", "study_date_status", "modalities",
                       "primary_modality", "n_series", "n_instances", "est_bytes")

@@ -18,6 +18,7 @@ from pacsmig.audit import assessment as assess_mod
 from pacsmig.audit.idhealth import write_issues
 from pacsmig.audit.inventory import (
     ASSESSMENT_COLUMNS,
+    ID_HEALTH_COLUMNS,
     inventory_window,
     merge_parts,
     read_inventory,
@@ -97,17 +98,7 @@ def validate(out: Path) -> dict[str, Any]:
 def id_health(out: Path) -> dict[str, int]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(
-        out / INVENTORY,
-        columns=[
-            "study_instance_uid",
-            "patient_id",
-            "issuer_of_patient_id",
-            "patient_name",
-            "patient_birth_date",
-            "patient_sex",
-        ],
-    )
+    table = pq.read_table(out / INVENTORY, columns=list(ID_HEALTH_COLUMNS))
     return write_issues(table, out / ID_ISSUES)
 
 
