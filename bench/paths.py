@@ -452,7 +452,7 @@ def _validate_direct(dsn: str, conn: Any, source: Any, phases: dict[str, float])
     from pacsmig.ledger import Ledger
     from pacsmig.verify.reconcile import Scope
     from pacsmig.verify.sample import build_review_sample
-    from pacsmig.verify.validate import finalize, plan_chunks, verify_studies
+    from pacsmig.verify.validate import SUMMARY_KEYS, finalize, plan_chunks, verify_studies
 
     scope = Scope()
     with Ledger(dsn) as ledger:
@@ -465,26 +465,9 @@ def _validate_direct(dsn: str, conn: Any, source: Any, phases: dict[str, float])
         phases["validate_reconcile"] = time.perf_counter() - t
         t = time.perf_counter()
         build_review_sample(ledger, scope, conn, fraction=0.10)
-        where, values = scope.sql("s")
-        uids = [
-            r["study_instance_uid"]
-            for r in ledger.query(
-                f"SELECT study_instance_uid FROM studies s WHERE {where} ORDER BY 1", values
-            )
-        ]
-        export_studies(ledger, uids, config.sub_dir("validation", "audit"), source, conn)
+        export_studies(ledger, scope.study_uids(ledger), config.sub_dir("validation", "audit"), source, conn)
         phases["validate_sample_and_audit"] = time.perf_counter() - t
-    return {
-        k: summary.get(k)
-        for k in (
-            "instances_source",
-            "instances_verified",
-            "instances_mismatched",
-            "instances_missing",
-            "studies",
-            "studies_review",
-        )
-    }
+    return {k: summary.get(k) for k in SUMMARY_KEYS}
 
 
 def _cleanup(work: Path, name: str, dsn: str) -> None:

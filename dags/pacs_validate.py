@@ -102,23 +102,13 @@ def pacs_validate() -> None:
         """Re-query the source, account for every instance, write the reports, decide the studies."""
         from pacsmig.ledger import Ledger
         from pacsmig.ops.connections import dicom_node, ledger
-        from pacsmig.verify.validate import finalize
+        from pacsmig.verify.validate import SUMMARY_KEYS, finalize
 
         with Ledger(ledger()) as db:
             summary = finalize(
                 db, _scope(params or {}), dicom_node("legacy_pacs"), target_name="target_archive"
             )
-        return {
-            k: summary[k]
-            for k in (
-                "instances_source",
-                "instances_verified",
-                "instances_mismatched",
-                "instances_missing",
-                "studies",
-                "studies_review",
-            )
-        }
+        return {k: summary[k] for k in SUMMARY_KEYS}
 
     @task
     def review_sample(summary: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -143,16 +133,9 @@ def pacs_validate() -> None:
         from pacsmig.ops.connections import dicom_node, get_connection, ledger
 
         with Ledger(ledger()) as db:
-            where, values = _scope(params or {}).sql("s")
-            uids = [
-                r["study_instance_uid"]
-                for r in db.query(
-                    f"SELECT study_instance_uid FROM studies s WHERE {where} ORDER BY 1", values
-                )
-            ]
             result = export_studies(
                 db,
-                uids,
+                _scope(params or {}).study_uids(db),
                 config.sub_dir("validation", "audit"),
                 dicom_node("legacy_pacs"),
                 get_connection("target_archive"),

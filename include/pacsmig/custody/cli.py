@@ -16,9 +16,7 @@ def _studies(ledger: object, args: argparse.Namespace) -> list[str]:
 
     if args.study:
         return list(args.study)
-    where, params = Scope.parse(args.date_from, args.date_to, args.patient_id).sql("s")
-    rows = ledger.query(f"SELECT study_instance_uid FROM studies s WHERE {where} ORDER BY 1", params)  # type: ignore[attr-defined]
-    return [r["study_instance_uid"] for r in rows]
+    return Scope.parse(args.date_from, args.date_to, args.patient_id).study_uids(ledger)
 
 
 def _optional(getter: str) -> object:

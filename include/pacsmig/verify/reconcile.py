@@ -59,6 +59,12 @@ class Scope:
             params += [self.patient_id, self.patient_id]
         return " AND ".join(clauses), params
 
+    def study_uids(self, ledger: Any) -> list[str]:
+        """The ledger's studies in this scope, sorted (exports, reports)."""
+        where, params = self.sql("s")
+        rows = ledger.query(f"SELECT study_instance_uid FROM studies s WHERE {where} ORDER BY 1", params)
+        return [r["study_instance_uid"] for r in rows]
+
     def dicom_range(self) -> str:
         """The StudyDate matching key (``YYYYMMDD-YYYYMMDD``, open ends allowed, ``""`` = any)."""
         if not (self.date_from or self.date_to):

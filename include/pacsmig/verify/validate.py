@@ -48,6 +48,11 @@ _REVIEW_REASONS = ((PIXEL_MISMATCH, Reason.PIXEL_MISMATCH), (MISSING_AT_TARGET, 
                    (HEADER_MISMATCH, Reason.HEADER_MISMATCH))
 
 
+#: The summary counts the DAG returns (XCom) and the benchmark records.
+SUMMARY_KEYS = ("instances_source", "instances_verified", "instances_mismatched", "instances_missing",
+                "studies", "studies_review")
+
+
 def validation_dir() -> Path:
     """``$PACSMIG_DATA_DIR/validation``."""
     return config.sub_dir("validation")
