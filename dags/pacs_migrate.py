@@ -5,8 +5,8 @@ One run migrates one **partition**: the studies whose StudyDate falls in the run
 (so `airflow backfill create --dag-id pacs_migrate --from-date … --to-date … --run-backwards` is
 the historical migration, newest first), or the range / patient given in the Params.
 
-For each study still to migrate (per the ledger; verified ones are skipped) a mapped task group,
-labelled with the accession number (or study UID), runs:
+For each study still to migrate (per the ledger; verified ones are skipped) the mapped task
+`migrate`, labelled with the accession number (or study UID), runs one step after the other:
 
 1. **extract** — C-MOVE (or C-GET) at STUDY level into the engine's storage SCP, through the
    `legacy_pacs` pool (slots = associations the PACS tolerates); what arrived is counted against the
@@ -17,6 +17,13 @@ labelled with the accession number (or study UID), runs:
    every instance.
 
 Every step writes the ledger and the chain of custody; a re-run resumes, never duplicates.
+
+**One task per study** by default. For bulk backfills set `images_per_task` (e.g. 2000): studies
+are packed into tasks of about that many images (at least `$PACSMIG_PARALLEL_TASKS` tasks, at most
+`[core] max_map_length`), so Airflow's per-task start-up stops costing wall time and a partition
+larger than `max_map_length` studies is migrated in one run. The steps, ledger and retries are the
+same; a task's label is its first study's accession number `+N`, and a failed study is named in the
+task's log and in the `report` task.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from pacsmig.ops.migrate_tasks import partition_report, select_for_run, study_task_group
+from pacsmig.ops.migrate_tasks import migrate_task, partition_report, select_for_run
 
 # A data-interval timetable: each run covers [start, end) of study dates (Airflow 3's default cron
 # timetable has no interval). Monthly by default; "@daily" for very large archives.
@@ -60,6 +67,9 @@ PARTITION_SCHEDULE = CronDataIntervalTimetable(os.environ.get("PACSMIG_PARTITION
                          description="Connection ids of the destinations (several = edge + cloud)."),
         "rules_path": Param(None, type=["null", "string"],
                             description="Coercion rule file (YAML). Empty: $PACSMIG_RULES or the shipped default."),
+        "images_per_task": Param(None, type=["null", "integer"], minimum=0,
+                                 description="0: one task per study. N: pack studies into tasks of about N "
+                                             "images (bulk backfills). Empty: $PACSMIG_IMAGES_PER_TASK or 0."),
     },
 )
 def pacs_migrate():
@@ -71,9 +81,9 @@ def pacs_migrate():
     def report(studies: list[dict]) -> dict:
         return partition_report(studies)
 
-    studies = select_studies()
-    done = study_task_group(priority_weight=1).expand(study=studies)
-    done >> report(studies)
+    units = select_studies()
+    done = migrate_task(priority_weight=1).expand(unit=units)
+    done >> report(units)
 
 
 pacs_migrate()

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from pacsmig.ops.migrate_tasks import study_task_group
+from pacsmig.ops.migrate_tasks import migrate_task
 from pacsmig.ops.sensors import AdmissionSensor
 
 PREFETCH_PRIORITY_WEIGHT = 100
@@ -55,8 +55,8 @@ def pacs_prefetch():
 
         return mark_admissions_processed(events)
 
-    studies = prioritise(admissions.output)
-    done = study_task_group(priority_weight=PREFETCH_PRIORITY_WEIGHT).expand(study=studies)
+    units = prioritise(admissions.output)
+    done = migrate_task(priority_weight=PREFETCH_PRIORITY_WEIGHT).expand(unit=units)
     done >> mark_processed(admissions.output)
 
 

@@ -31,3 +31,7 @@ class VerifyError(PacsmigError):
 
 class CustodyError(PacsmigError):
     """The chain of custody is broken or cannot be written."""
+
+
+class MigrationError(PacsmigError):
+    """Some studies of a migration task failed (named by UID); a retry resumes them."""

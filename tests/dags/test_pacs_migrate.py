@@ -56,6 +56,17 @@ def dag(dag_id: str):  # noqa: ANN201
     return bag.dags[dag_id]
 
 
+def mapped_labels(run_id: str) -> list[str]:
+    """The rendered labels of the run's mapped ``migrate`` tasks (from the metadata DB)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return [ti.rendered_map_index for ti in session.query(TaskInstance).filter(
+            TaskInstance.dag_id == "pacs_migrate", TaskInstance.run_id == run_id,
+            TaskInstance.task_id == "migrate")]
+
+
 def states(dsn: str) -> dict[str, str]:
     with Ledger(dsn) as ledger:
         return {r["study_instance_uid"]: r["state"] for r in ledger.query("SELECT * FROM studies")}
@@ -76,6 +87,7 @@ def test_plan_then_migrate_one_date_range_with_dag_test(airflow_db: str, airflow
     in_range = {s.study_instance_uid for s in truth.studies if s.study_date and s.study_date[:4] == year}
     run = dag("pacs_migrate").test(run_conf={"date_from": f"{year}-01-01", "date_to": f"{year}-12-31"})
     assert run.state == "success"
+    first_run_id = run.run_id
     st = states(airflow_conns["AIRFLOW_CONN_MIGRATION_LEDGER"])
     assert {u for u, s in st.items() if s in ("loaded", "held")} == in_range
     assert Counter(s for u, s in st.items() if u not in in_range) == Counter({"queued": truth.n_studies - len(in_range)})
@@ -86,6 +98,22 @@ def test_plan_then_migrate_one_date_range_with_dag_test(airflow_db: str, airflow
     run = dag("pacs_migrate").test(run_conf={"date_from": f"{year}-01-01", "date_to": f"{year}-12-31"})
     assert run.state == "success"
     assert target_archive.count("instances") == sum(s.n_instances for s in loaded)
+    labels = mapped_labels(first_run_id)
+    assert len(labels) == len(in_range)                                      # one task per study ...
+    accessions = {s.accession_number or s.study_instance_uid for s in truth.studies
+                  if s.study_instance_uid in in_range}
+    assert set(labels) == accessions                                          # ... labelled by accession
+
+    # The rest in one packed run (a bulk backfill): fewer tasks than studies, every study migrated.
+    run = dag("pacs_migrate").test(run_conf={"all_queued": True, "images_per_task": 150})
+    assert run.state == "success"
+    st = states(airflow_conns["AIRFLOW_CONN_MIGRATION_LEDGER"])
+    assert Counter(st.values()) == Counter({"loaded": sum(1 for s in truth.studies if s.mpi_patient_id),
+                                            "held": sum(1 for s in truth.studies if not s.mpi_patient_id)})
+    rest = truth.n_studies - len(in_range)
+    total_images = sum(s.n_instances for s in truth.studies if s.study_instance_uid not in in_range)
+    assert 4 <= len(mapped_labels(run.run_id)) <= max(4, -(-total_images // 150)) < rest
+    assert target_archive.count("instances") == sum(s.n_instances for s in truth.studies if s.mpi_patient_id)
 
 
 def test_scheduler_runs_a_backfill_over_study_dates(airflow_db: str, airflow_conns: dict[str, str],

@@ -1,5 +1,8 @@
-"""Airflow adapter: the per-study task group (extract -> transform -> load) shared by
-``pacs_migrate`` and ``pacs_prefetch``. Each task is a few lines around :mod:`pacsmig.migrate.pipeline`.
+"""Airflow adapter: the mapped migration task shared by ``pacs_migrate`` and ``pacs_prefetch``.
+
+One mapped task per work unit (:mod:`pacsmig.migrate.units`): one study per task by default,
+several studies packed per task when ``images_per_task`` is set. Each task is a few lines around
+:func:`pacsmig.migrate.units.migrate_unit`.
 """
 
 from __future__ import annotations
@@ -9,11 +12,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import get_current_context, task, task_group
+from airflow.sdk import get_current_context, task
 
 #: The pool that throttles associations to the legacy PACS (slots = what the PACS tolerates).
 SOURCE_POOL = os.environ.get("PACSMIG_SOURCE_POOL", "legacy_pacs")
-TARGET_POOL = os.environ.get("PACSMIG_TARGET_POOL", "default_pool")
 
 
 def migration_context() -> Any:
@@ -30,62 +32,33 @@ def migration_context() -> Any:
         hash_workers=int(os.environ.get("PACSMIG_HASH_WORKERS", "1")))
 
 
-def _step(study: dict[str, Any]) -> tuple[Any, str, bool]:
-    """Label the mapped task, claim the study for this run; returns (ctx, token, final_attempt)."""
-    from airflow.sdk.exceptions import AirflowSkipException
+def migrate_task(priority_weight: int = 1) -> Any:
+    """The mapped task migrating one unit; ``.expand(unit=[{label, studies: [{study_instance_uid,
+    label}], images}])``. It holds one ``legacy_pacs`` pool slot (one association at a time)."""
 
-    from pacsmig.ledger import Ledger
-    from pacsmig.migrate.pipeline import claim
+    @task(task_id="migrate", pool=SOURCE_POOL, priority_weight=priority_weight,
+          map_index_template="{{ unit_label }}", retries=3, retry_delay=timedelta(seconds=20),
+          retry_exponential_backoff=True)
+    def migrate(unit: dict[str, Any]) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
 
-    context = get_current_context()
-    context["study_label"] = str(study["label"])  # type: ignore[typeddict-unknown-key]
-    ti = context["ti"]
-    token = f"{ti.dag_id}/{ti.run_id}/{ti.map_index}"
-    ctx = migration_context()
-    with Ledger(ctx.ledger_dsn) as ledger:
-        if not claim(ledger, study["study_instance_uid"], token):
-            raise AirflowSkipException(f"study {study['study_instance_uid']} is claimed by another run")
-    final = ti.try_number > int(context["task"].retries or 0)
-    return ctx, token, final
+        from pacsmig.errors import MigrationError
+        from pacsmig.migrate.units import migrate_unit
 
+        context = get_current_context()
+        context["unit_label"] = str(unit["label"])  # type: ignore[typeddict-unknown-key]
+        ti = context["ti"]
+        final = ti.try_number > int(context["task"].retries or 0)
+        result = migrate_unit(migration_context(), unit["studies"], f"{ti.dag_id}/{ti.run_id}/{ti.map_index}",
+                              final_attempt=final)
+        if result.failed:
+            raise MigrationError(f"{len(result.failed)} of {len(unit['studies'])} studies of this task failed "
+                                 f"(the retry resumes them): {result.failed}")
+        if not result.done and result.skipped:
+            raise AirflowSkipException(f"all {len(result.skipped)} studies are claimed by another run")
+        return result.summary()
 
-def study_task_group(priority_weight: int = 1) -> Any:
-    """A mapped-ready task group migrating one study; ``.expand(study=[{study_instance_uid, label}])``."""
-
-    @task(pool=SOURCE_POOL, priority_weight=priority_weight, map_index_template="{{ study_label }}",
-          retries=3, retry_delay=timedelta(seconds=20), retry_exponential_backoff=True)
-    def extract(study: dict[str, Any]) -> dict[str, Any]:
-        from pacsmig.migrate.pipeline import extract_study
-
-        ctx, _, final = _step(study)
-        return {**study, **extract_study(ctx, study["study_instance_uid"], final_attempt=final)}
-
-    @task(priority_weight=priority_weight, map_index_template="{{ study_label }}", retries=2,
-          retry_delay=timedelta(seconds=10))
-    def transform(study: dict[str, Any]) -> dict[str, Any]:
-        from pacsmig.migrate.pipeline import transform_study
-
-        ctx, _, _ = _step(study)
-        return {"study_instance_uid": study["study_instance_uid"], "label": study["label"],
-                **transform_study(ctx, study["study_instance_uid"])}
-
-    @task(pool=TARGET_POOL, priority_weight=priority_weight, map_index_template="{{ study_label }}",
-          retries=3, retry_delay=timedelta(seconds=20), retry_exponential_backoff=True)
-    def load(study: dict[str, Any]) -> dict[str, Any]:
-        from pacsmig.ledger import Ledger
-        from pacsmig.migrate.pipeline import load_study, release
-
-        ctx, token, final = _step(study)
-        result = load_study(ctx, study["study_instance_uid"], final_attempt=final)
-        with Ledger(ctx.ledger_dsn) as ledger:
-            release(ledger, study["study_instance_uid"], token)
-        return result
-
-    @task_group(group_id="study")
-    def migrate_one(study: dict[str, Any]) -> Any:
-        return load(transform(extract(study)))
-
-    return migrate_one
+    return migrate
 
 
 def partition_from_context() -> dict[str, Any]:
@@ -112,33 +85,53 @@ def partition_from_context() -> dict[str, Any]:
     return part
 
 
-def select_for_run(max_map_length: int = 1024) -> list[dict[str, Any]]:
-    """The studies this run maps over (at most ``max_map_length``: the rest stay queued, reported)."""
+def images_per_task() -> int:
+    """The run's packing: the ``images_per_task`` Param, else ``$PACSMIG_IMAGES_PER_TASK``, else 0."""
+    value = get_current_context()["params"].get("images_per_task")
+    if value is None:
+        value = os.environ.get("PACSMIG_IMAGES_PER_TASK", "0")
+    return int(value or 0)
+
+
+def select_for_run(max_map_length: int | None = None, lanes: int | None = None) -> list[dict[str, Any]]:
+    """The work units this run maps over (:func:`pacsmig.migrate.units.pack_units`)."""
     import logging
+
+    from airflow.configuration import conf
 
     from pacsmig.ledger import Ledger
     from pacsmig.migrate.pipeline import select_studies
+    from pacsmig.migrate.units import pack_units
     from pacsmig.ops.connections import ledger
 
+    max_map_length = max_map_length or conf.getint("core", "max_map_length", fallback=1024)
+    lanes = lanes or int(os.environ.get("PACSMIG_PARALLEL_TASKS", "4"))
     part = partition_from_context()
     with Ledger(ledger()) as led:
         studies = select_studies(led, **part)
-    if len(studies) > max_map_length:
+    per_task = images_per_task()
+    units = pack_units([{"study_instance_uid": s["study_instance_uid"], "label": s["label"],
+                         "n_instances": s.get("n_instances")} for s in studies],
+                       images_per_task=per_task, lanes=lanes, max_units=max_map_length)
+    mapped = sum(len(u["studies"]) for u in units)
+    if mapped < len(studies):
         logging.getLogger(__name__).warning(
-            "partition holds %d studies to migrate; this run maps the first %d by priority, the rest stay "
-            "queued: use smaller partitions or re-run", len(studies), max_map_length)
+            "partition holds %d studies to migrate; this run maps the first %d by priority (one task per "
+            "study, [core] max_map_length=%d), the rest stay queued: set images_per_task to pack studies "
+            "into tasks, use smaller partitions, or re-run", len(studies), mapped, max_map_length)
+    logging.getLogger(__name__).info("%d studies in %d tasks (images_per_task=%d)", mapped, len(units), per_task)
     get_current_context()["ti"].xcom_push(key="partition", value={
-        k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in part.items()})
-    return [{"study_instance_uid": s["study_instance_uid"], "label": s["label"]}
-            for s in studies[:max_map_length]]
+        **{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in part.items()},
+        "studies": len(studies), "mapped": mapped, "tasks": len(units), "images_per_task": per_task})
+    return units
 
 
-def partition_report(studies: list[dict[str, Any]]) -> dict[str, Any]:
+def partition_report(units: list[dict[str, Any]]) -> dict[str, Any]:
     """States of the run's studies after the run; raises if any is still unfinished."""
     from pacsmig.ledger import Ledger
     from pacsmig.ops.connections import ledger
 
-    uids = [s["study_instance_uid"] for s in studies]
+    uids = [s["study_instance_uid"] for u in units for s in (u["studies"] if "studies" in u else [u])]
     with Ledger(ledger()) as led:
         rows = led.query("SELECT state, reason, count(*) AS n FROM studies WHERE study_instance_uid = ANY(%s) "
                          "GROUP BY state, reason ORDER BY state", (uids,))

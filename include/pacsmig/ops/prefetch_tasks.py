@@ -16,9 +16,10 @@ ADMISSION_PRIORITY = 100
 
 def prioritise_admitted(events: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """Resolve each admitted patient's studies through the crosswalk, raise their priority, and
-    return the ones still to migrate as the mapping for the per-study task group."""
+    return the ones still to migrate as the mapping of the migrate task (one unit per study)."""
     from pacsmig.adt.store import patient_studies, prioritise
     from pacsmig.migrate.pipeline import ACTIVE_STATES
+    from pacsmig.migrate.units import pack_units
 
     if not events:
         return []
@@ -33,7 +34,9 @@ def prioritise_admitted(events: list[dict[str, Any]] | None) -> list[dict[str, A
                          "WHERE study_instance_uid = ANY(%s)", (uids,))
     todo = {r["study_instance_uid"]: r for r in rows if r["state"] in (*ACTIVE_STATES, "held")}
     log.info("%d admissions: %d studies found, %d to migrate now", len(events), len(uids), len(todo))
-    return [{"study_instance_uid": u, "label": todo[u]["accession_number"] or u} for u in uids if u in todo]
+    # One task per study: a patient's priors are few, and each starts at once on its own slot.
+    return pack_units([{"study_instance_uid": u, "label": todo[u]["accession_number"] or u}
+                       for u in uids if u in todo])
 
 
 def mark_admissions_processed(events: list[dict[str, Any]] | None) -> int:
