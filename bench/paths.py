@@ -552,12 +552,21 @@ def _task_stats(db: str, run_ids: list[str]) -> dict[str, Any]:
     }
 
 
-def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer) -> dict[str, Any]:
-    """pacs_plan -> pacs_migrate (all_queued) -> pacs_validate, on a real scheduler (LocalExecutor)."""
+#: pacs_migrate's packing in path (c), the setting the README recommends for bulk backfills.
+BULK_IMAGES_PER_TASK = 2000
+
+
+def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer, *,
+                       images_per_task: int = BULK_IMAGES_PER_TASK, name: str = "c_engine_airflow"
+                       ) -> dict[str, Any]:
+    """pacs_plan -> pacs_migrate (all_queued) -> pacs_validate, on a real scheduler (LocalExecutor).
+
+    ``images_per_task``: pacs_migrate's Param (0 = one task per study, the DAG's default)."""
     from pacsmig.ledger import create_database
     from testbed.airflow_stack import AirflowStack
 
-    target, dsn, data, env = _engine_setup(archive, work, legacy, "c")
+    letter = name[0]
+    target, dsn, data, env = _engine_setup(archive, work, legacy, letter)
     db = create_database(PG_ADMIN, "pacsmig_bench_airflow", drop=True)
     env.update(
         {
@@ -567,7 +576,7 @@ def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer)
             "PACSMIG_SOURCE_POOL": "legacy_pacs",
         }
     )
-    home = work / "airflow_c"
+    home = work / f"airflow_{letter}"
     shutil.rmtree(home, ignore_errors=True)
     stack = AirflowStack(home, db.replace("postgresql://", "postgresql+psycopg2://"), extra_env=env)
     dags = ["pacs_plan", "pacs_migrate", "pacs_validate"]
@@ -589,7 +598,7 @@ def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer)
             t0 = time.perf_counter()
             for dag_id, conf in (
                 ("pacs_plan", {"strategy": "big_bang"}),
-                ("pacs_migrate", {"all_queued": True}),
+                ("pacs_migrate", {"all_queued": True, "images_per_task": images_per_task}),
                 ("pacs_validate", {}),
             ):
                 run_id = f"bench__{dag_id}__{uuid.uuid4().hex[:6]}"
@@ -614,7 +623,7 @@ def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer)
     }
     outcome = ledger_outcome(dsn)
     result = _result(
-        "c_engine_airflow",
+        name,
         archive,
         stats,
         target_count,
@@ -625,9 +634,15 @@ def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer)
         tasks=tasks,
         ledger=outcome,
         parallelism=PARALLEL,
+        images_per_task=images_per_task,
     )
-    _cleanup(work, "c", dsn)
+    _cleanup(work, letter, dsn)
     if not os.environ.get("PACSMIG_BENCH_KEEP"):
         shutil.rmtree(home, ignore_errors=True)
         _drop_database(db)
     return result
+
+
+def run_engine_airflow_per_study(archive: BenchArchive, work: Path, legacy: OrthancServer) -> dict[str, Any]:
+    """Path (c) with pacs_migrate's default: one task per study."""
+    return run_engine_airflow(archive, work, legacy, images_per_task=0, name="e_engine_airflow_per_study")

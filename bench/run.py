@@ -1,6 +1,6 @@
-"""``make bench``: four paths side by side on one generated archive, then the 10 M-study inventory.
+"""``make bench``: five paths side by side on one generated archive, then the 10 M-study inventory.
 
-Usage: ``python -m bench.run [--quick] [--studies N] [--paths a,b,c,d] [--no-inventory]``. Writes
+Usage: ``python -m bench.run [--quick] [--studies N] [--paths a,b,c,d,e] [--no-inventory]``. Writes
 ``bench/results/<timestamp>.json`` and ``latest.json`` (+ ``latest.png``); the last line printed is
 ``ratio_engine_vs_orthanc_native=X.XX ratio_engine_vs_dcmtk=Y.YY`` (engine = path (c), through Airflow).
 """
@@ -22,7 +22,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-PATHS = {"a": "a_dcmtk", "b": "b_orthanc_native", "c": "c_engine_airflow", "d": "d_engine_direct"}
+PATHS = {"a": "a_dcmtk", "b": "b_orthanc_native", "c": "c_engine_airflow", "d": "d_engine_direct",
+         "e": "e_engine_airflow_per_study"}
 
 
 def machine() -> dict[str, Any]:
@@ -65,6 +66,18 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         results.get("d_engine_direct", {}).get("wall_s"),
     )
     out["airflow_overhead_share"] = round((wc - wd) / wc, 3) if wc and wd else None
+    we = results.get("e_engine_airflow_per_study", {}).get("wall_s")
+    out["airflow_overhead_share_one_task_per_study"] = round((we - wd) / we, 3) if we and wd else None
+    # Per DAG: the run's wall time (queued -> end) against the same phase called directly.
+    c_runs = results.get("c_engine_airflow", {}).get("runs") or {}
+    d_phases = results.get("d_engine_direct", {}).get("phases_s") or {}
+    by_dag = {}
+    for dag_id, phase in (("pacs_plan", "plan"), ("pacs_migrate", "migrate"), ("pacs_validate", "validate")):
+        run, direct = c_runs.get(dag_id, {}).get("queued_to_end_s"), d_phases.get(phase)
+        if run and direct is not None:
+            by_dag[dag_id] = {"airflow_s": run, "direct_s": direct, "overhead_s": round(run - direct, 3),
+                              "overhead_share": round((run - direct) / run, 3)}
+    out["airflow_overhead_by_dag"] = by_dag  # type: ignore[assignment]
     return out
 
 
@@ -149,7 +162,13 @@ def run_inventory_scale(rows: int, timeout: float = 900) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.archive import PROFILES, build_archive, upload
-    from bench.paths import run_dcmtk, run_engine_airflow, run_engine_direct, run_orthanc_native
+    from bench.paths import (
+        run_dcmtk,
+        run_engine_airflow,
+        run_engine_airflow_per_study,
+        run_engine_direct,
+        run_orthanc_native,
+    )
     from testbed.orthanc import OrthancServer, free_port
 
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
@@ -157,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", type=int)
     parser.add_argument("--images-scale", type=float)
     parser.add_argument("--matrix", type=int)
-    parser.add_argument("--paths", default="a,b,c,d", help="comma list of a (dcmtk), b (Orthanc), c, d")
+    parser.add_argument("--paths", default="a,b,c,d,e",
+                        help="comma list of a (dcmtk), b (Orthanc), c (Airflow, packed tasks), d (no Airflow), "
+                             "e (Airflow, one task per study)")
     parser.add_argument(
         "--inventory-rows", type=int, help="rows of the inventory profile (default 10 M; quick 200 k)"
     )
@@ -216,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             "b_orthanc_native": run_orthanc_native,
             "c_engine_airflow": run_engine_airflow,
             "d_engine_direct": run_engine_direct,
+            "e_engine_airflow_per_study": run_engine_airflow_per_study,
         }
         for name in wanted:
             t = time.perf_counter()
