@@ -67,8 +67,8 @@ def test_bench_quick_writes_results_and_the_ratio_line(
     # The ratio line is computed from the JSON's own figures ((c) was not run: nan).
     assert lines[-1] == "ratio_engine_vs_orthanc_native=nan ratio_engine_vs_dcmtk=nan"
     assert report["ratios"]["engine_direct_vs_orthanc_native"] == pytest.approx(
-        direct["images_per_s"] / report["paths"]["b_orthanc_native"]["images_per_s"], rel=1e-2
-    )
+        direct["images_per_s"] / report["paths"]["b_orthanc_native"]["images_per_s"], abs=6e-4
+    )  # the report rounds ratios to three decimals
     inventory = report["inventory_scale"]
     assert inventory["ok"] and inventory["rows"] == 20000 and inventory["studies"] == 20000
     assert inventory["peak_rss_mb"] > 0 and set(inventory["stages_s"]) >= {"id_health", "assessment"}

@@ -97,3 +97,29 @@ def test_study_answers_parse_with_their_character_set() -> None:
     assert needs_walk(row) and row["study_date"] == date(2015, 1, 2)
     assert parse_study_date("20151301") == (None, "malformed") and primary_modality(["PR", "KO"]) == "KO"
     assert human_bytes(999) == "999 B"
+
+
+def test_years_are_the_same_from_dates_text_and_timestamps() -> None:
+    from pacsmig.audit.assessment import by_year
+
+    inv = _inventory()
+    inv["est_bytes"] = [10, 20, 30, 40]
+    from_dates = by_year(inv)
+    assert set(from_dates) == {"2015", "2016", "undated"} and from_dates["2016"]["instances"] == 300
+    as_text = inv.assign(study_date=["2015-03-01", "2016-01-01", "2016-05-05", None])
+    as_timestamps = inv.assign(study_date=pd.to_datetime(as_text["study_date"]))
+    assert by_year(as_text) == from_dates == by_year(as_timestamps)
+
+
+def test_missing_and_empty_modalities_are_counted_not_dropped() -> None:
+    inv = _inventory()
+    inv["est_bytes"] = [10, 20, 30, 40]
+    inv["modalities"] = ["CT\\SR", None, "MR", ""]
+    inv["primary_modality"] = ["CT", None, "MR", ""]
+    mods = by_modality(inv)
+    assert mods["?"] == {"studies": 1, "series": 2, "instances": 100, "bytes": 20}
+    assert mods[""]["studies"] == 1 and mods["SR"]["studies"] == 1
+    est, provenance = estimate_bytes(inv, pd.DataFrame(columns=["modality", "size_bytes"]))
+    # a missing and an empty primary modality are one unknown modality at the default size
+    assert provenance["?"] == {"method": "nominal", "instances_sampled": 0, "bytes_per_instance": 1_000_000}
+    assert (est.iloc[1], est.iloc[3]) == (100 * 1_000_000, 2 * 1_000_000)

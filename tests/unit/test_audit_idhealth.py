@@ -82,3 +82,32 @@ def test_clean_inventory_has_no_issues() -> None:
     clean = _inventory().iloc[10:]
     clean = clean[clean.issuer_of_patient_id == "HOSP"]
     assert patient_id_issues(clean).empty
+
+
+def test_chunked_arrow_columns_give_the_same_answer() -> None:
+    # Parquet hands ID health one chunk per row group; chunks are encoded against one dictionary,
+    # so a value first seen in a later chunk (or a chunk of nulls) must still code the same.
+    frame = _inventory()
+    frame.loc[3, "issuer_of_patient_id"] = None  # a missing issuer counts as the empty issuer
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    chunked = pa.Table.from_batches(table.to_batches(max_chunksize=3))
+    assert chunked.column("patient_id").num_chunks > 5
+    pd.testing.assert_frame_equal(patient_id_issues(frame), patient_id_issues(chunked))
+
+
+def test_identity_keys_stay_exact_beyond_63_bits() -> None:
+    import numpy as np
+
+    from pacsmig.audit.idhealth import _combine
+
+    rng = np.random.default_rng(1)
+    parts = [
+        rng.integers(0, 3, 500) * (2**40 - 1),
+        rng.integers(0, 3, 500) * (2**40 - 3),
+        rng.integers(0, 2, 500),
+    ]
+    key = _combine(parts)  # 41 + 41 + 1 bits: packing alone would overflow
+    tuples = list(zip(*(p.tolist() for p in parts), strict=True))
+    for i in range(0, 500, 7):
+        for j in range(500):
+            assert (key[i] == key[j]) == (tuples[i] == tuples[j])

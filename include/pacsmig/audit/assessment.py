@@ -8,7 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pacsmig.audit.profile import MODALITY_SEPARATOR
 
@@ -87,10 +90,19 @@ def by_modality(inventory: pd.DataFrame) -> dict[str, dict[str, int]]:
     sums = inventory.groupby(inventory["primary_modality"].fillna("?"))[
         ["n_series", "n_instances", "est_bytes"]
     ].sum()
-    exploded = inventory["modalities"].fillna("?").str.split(MODALITY_SEPARATOR, regex=False).explode()
-    holding = exploded.groupby(exploded).size()
+    # split the few distinct values, not every study's (a 10 M-row explode costs GBs of strings)
+    holding: dict[str, int] = {}
+    for value, n in inventory["modalities"].value_counts(dropna=False, sort=False).items():
+        if isinstance(value, str):
+            text = value
+        elif pd.api.types.is_scalar(value) and pd.isna(value):
+            text = "?"  # as ``fillna("?")`` would
+        else:
+            continue  # as ``.str.split`` would: no modalities to count
+        for code in text.split(MODALITY_SEPARATOR):
+            holding[code] = holding.get(code, 0) + int(n)
     out: dict[str, dict[str, int]] = {}
-    for modality in sorted(set(sums.index) | set(holding.index)):
+    for modality in sorted(set(sums.index) | set(holding)):
         row = sums.loc[modality] if modality in sums.index else None
         out[str(modality)] = {
             "studies": int(holding.get(modality, 0)),
@@ -101,21 +113,41 @@ def by_modality(inventory: pd.DataFrame) -> dict[str, dict[str, int]]:
     return out
 
 
+def _study_years(dates: pd.Series) -> np.ndarray:
+    """The year of each study date as float (NaN = undated), as ``pd.to_datetime(errors="coerce")``.
+
+    Dates read from the inventory are ``datetime.date`` objects: Arrow converts those in one C pass
+    instead of pandas parsing 10 M objects; anything else goes through ``pd.to_datetime``.
+    """
+    if dates.dtype == object:
+        try:
+            arrow = pa.array(dates, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+            arrow = None
+        if arrow is not None and (pa.types.is_date(arrow.type) or pa.types.is_timestamp(arrow.type)):
+            return pc.year(arrow).to_numpy(zero_copy_only=False).astype("float64")
+    return pd.to_datetime(dates, errors="coerce").dt.year.to_numpy(dtype="float64", na_value=np.nan)
+
+
 def by_year(inventory: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Studies, series, instances and bytes per study year (``"undated"`` for studies without one)."""
-    years = pd.to_datetime(inventory["study_date"], errors="coerce").dt.year
-    key = years.astype("Int64").astype("str").where(years.notna(), "undated")
+    years = _study_years(inventory["study_date"])
+    dated = ~np.isnan(years)
+    # group on integers; the few group labels become text afterwards
+    key = np.where(dated, np.nan_to_num(years), 0).astype("int64")
+    key[~dated] = np.iinfo("int64").min
     grouped = inventory.assign(est_bytes=inventory["est_bytes"].fillna(0)).groupby(key)
     sums = grouped[["n_series", "n_instances", "est_bytes"]].sum()
     sizes = grouped.size()
+    label = {k: "undated" if k == np.iinfo("int64").min else str(k) for k in sums.index}
     return {
-        str(y): {
-            "studies": int(sizes[y]),
-            "series": int(sums.loc[y, "n_series"]),
-            "instances": int(sums.loc[y, "n_instances"]),
-            "bytes": int(sums.loc[y, "est_bytes"]),
+        label[k]: {
+            "studies": int(sizes[k]),
+            "series": int(sums.loc[k, "n_series"]),
+            "instances": int(sums.loc[k, "n_instances"]),
+            "bytes": int(sums.loc[k, "est_bytes"]),
         }
-        for y in sorted(sums.index)
+        for k in sorted(sums.index, key=label.__getitem__)
     }
 
 

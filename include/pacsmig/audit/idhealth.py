@@ -115,29 +115,50 @@ def id_pattern(ids: pd.Series) -> pd.Series:
 # --- integer coding: every check groups small ints, text is looked up only for flagged rows -----
 @dataclass
 class _Column:
-    codes: np.ndarray  # int64 per study, -1 = missing
+    codes: np.ndarray  # int32 per study, -1 = missing (emptied once the tuples are built)
     text: pa.Array  # code -> display text
 
 
-def _indices(encoded: pa.DictionaryArray) -> np.ndarray:
-    return encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+def _strings(values: pd.Series | pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A string column as Arrow strings, Arrow input kept chunked (no 10 M-row copy)."""
+    if isinstance(values, pa.ChunkedArray | pa.Array):
+        return values if values.type == pa.string() else values.cast(pa.string())
+    return _arrow(values)
+
+
+def _dictionary(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """``(codes, dictionary)`` of a string column: int32 codes (-1 = missing).
+
+    A chunked column is encoded chunk by chunk against one hash table, so every chunk indexes the
+    same (final) dictionary: the last chunk's.
+    """
+    encoded = pc.dictionary_encode(values)
+    chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
+    if not chunks:
+        return np.empty(0, dtype=np.int32), pa.array([], pa.string())
+    codes = np.concatenate(
+        [c.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False) for c in chunks]
+    )
+    return codes, chunks[-1].dictionary
 
 
 def _encode(values: pd.Series | pa.Array, *, normalise: bool, missing_as: str | None = None) -> _Column:
     """Codes of (normalised) values; variants equal after normalising share one code."""
-    arr = _arrow(values)
-    if missing_as is not None:
-        arr = pc.fill_null(arr, missing_as)
-    encoded = pc.dictionary_encode(arr)
-    codes = _indices(encoded)
+    codes, text = _dictionary(_strings(values))
+    if missing_as is not None and (codes < 0).any():
+        # the distinct values get the filler, not the 10 M rows: then merge it with an equal value
+        at = pc.index(text, missing_as).as_py()
+        if at < 0:
+            at = len(text)
+            text = pa.concat_arrays([text, pa.array([missing_as], pa.string())])
+        codes[codes < 0] = at
     if not normalise:
-        return _Column(codes=codes, text=encoded.dictionary)
+        return _Column(codes=codes, text=text)
     # normalise the distinct values only, then merge the ones that became equal
-    merged = pc.dictionary_encode(_normalise_arrow(encoded.dictionary))
-    remap = _indices(merged)
+    remap, merged = _dictionary(_normalise_arrow(text))
     if len(remap):
-        codes = np.where(codes >= 0, remap[np.clip(codes, 0, None)], -1)
-    return _Column(codes=codes, text=merged.dictionary)
+        codes = np.where(codes >= 0, remap[np.clip(codes, 0, None)], -1).astype(np.int32, copy=False)
+    return _Column(codes=codes, text=merged)
 
 
 @dataclass
@@ -156,27 +177,30 @@ class _Coded:
         return pd.Series(values, index=codes.index, dtype=object)
 
 
-def _pack(parts: list[np.ndarray]) -> tuple[np.ndarray, list[int]] | None:
-    """Several non-negative code arrays as one int64 key (None if they need more than 63 bits)."""
-    bits = [max(1, int(p.max(initial=0)).bit_length()) for p in parts]
-    if sum(bits) > 63:
-        return None
-    key = np.zeros(len(parts[0]), dtype=np.int64)
-    for part, width in zip(parts, bits, strict=True):
-        key = (key << width) | part
-    return key, bits
+def _combine(parts: list[np.ndarray]) -> np.ndarray:
+    """One int64 key per row, equal exactly where every (non-negative) part is equal.
 
-
-def _unpack(key: np.ndarray, bits: list[int]) -> list[np.ndarray]:
-    out = []
-    for width in reversed(bits):
-        out.append(key & ((1 << width) - 1))
-        key = key >> width
-    return out[::-1]
+    Parts are bit-packed; when the next part would overflow 63 bits the key so far is replaced by
+    its dense factorize codes (fewer than the rows), so any number of parts fits.
+    """
+    key = parts[0].astype(np.int64)
+    for part in parts[1:]:
+        width = max(1, int(part.max(initial=0)).bit_length())
+        if int(key.max(initial=0)).bit_length() + width > 63:
+            key = pd.factorize(key)[0]
+        key <<= width
+        key |= part
+    return key
 
 
 def _code(inventory: Inventory) -> _Coded:
-    """Encode the identity columns and reduce the studies to distinct identity tuples."""
+    """Encode the identity columns and reduce the studies to distinct identity tuples.
+
+    Memory is what bounds a 10 M-study inventory: the Arrow columns are encoded chunk by chunk to
+    int32 codes, the five codes are packed into one int64 key per study, and one factorize of that
+    key gives the distinct tuples (first occurrence order, as ``drop_duplicates`` would) and the
+    studies per tuple; nothing else of study length is kept.
+    """
     columns = {
         "issuer": _encode(inventory["issuer_of_patient_id"], normalise=False, missing_as=""),
         "pid": _encode(inventory["patient_id"], normalise=False),
@@ -184,28 +208,27 @@ def _code(inventory: Inventory) -> _Coded:
         "birth": _encode(inventory["patient_birth_date"], normalise=True),
         "sex": _encode(inventory["patient_sex"], normalise=True),
     }
-    shifted = {k: c.codes + 1 for k, c in columns.items()}  # 0 = missing, so keys stay non-negative
-    ids = _pack([shifted["issuer"], shifted["pid"]])
-    demo = _pack([shifted["name"], shifted["birth"], shifted["sex"]])
-    if ids is not None and demo is not None:
-        # one hash pass over two int64 columns instead of five: the 10 M-row step
-        pairs = pd.DataFrame({"id": ids[0], "demo": demo[0]}).drop_duplicates()
-        issuer, pid = _unpack(pairs["id"].to_numpy(), ids[1])
-        name, birth, sex = _unpack(pairs["demo"].to_numpy(), demo[1])
-        frame = pd.DataFrame(
-            {"issuer": issuer - 1, "pid": pid - 1, "name": name - 1, "birth": birth - 1, "sex": sex - 1}
-        )
-        counts = pd.Series(ids[0]).value_counts(sort=False)
-        issuer_k, pid_k = _unpack(counts.index.to_numpy(), ids[1])
-        studies = pd.Series(
-            counts.to_numpy(),
-            index=pd.MultiIndex.from_arrays([issuer_k - 1, pid_k - 1], names=["issuer", "pid"]),
-        )
-    else:
-        full = pd.DataFrame({k: c.codes for k, c in columns.items()})
-        frame = full.drop_duplicates()
-        studies = full.groupby(["issuer", "pid"]).size()
-    return _Coded(frame=frame.reset_index(drop=True), columns=columns, studies=studies)
+    # +1: 0 = missing, so the packed parts stay non-negative
+    key = _combine([columns[k].codes + 1 for k in ("issuer", "pid", *_DEMO)])
+    tuple_of_study = pd.factorize(key)[0]
+    del key
+    first = _first_rows(tuple_of_study)
+    per_tuple = np.bincount(tuple_of_study, minlength=len(first))
+    del tuple_of_study
+    frame = pd.DataFrame({k: c.codes[first].astype(np.int64) for k, c in columns.items()})
+    for column in columns.values():
+        column.codes = column.codes[:0]  # the per-study codes are done with: free 10 M x 5 int32
+    studies = pd.Series(per_tuple, dtype="int64").groupby([frame["issuer"], frame["pid"]]).sum()
+    return _Coded(frame=frame, columns=columns, studies=studies)
+
+
+def _release_arrow_memory() -> None:
+    """Hand the Arrow pool's freed pages back to the OS.
+
+    Arrow's allocator keeps freed pages for reuse; after ID health on a 10 M-row inventory that is
+    over a GB, which would otherwise sit under the assessment when the audit runs in one process.
+    """
+    pa.default_memory_pool().release_unused()
 
 
 def _rows(
@@ -235,13 +258,53 @@ def _rows(
     )
 
 
-def _distinct_counts(ids: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Per key: how many distinct non-missing names, birth dates and sexes."""
-    out = {}
-    for column in _DEMO:
-        sub = ids.loc[ids[column] >= 0, [*keys, column]].drop_duplicates()
-        out[column] = sub.groupby(keys).size()
-    return pd.DataFrame(out).fillna(0).astype("int64")
+def _first_rows(codes: np.ndarray) -> np.ndarray:
+    """Row of each code's first appearance, for ``pd.factorize`` codes (numbered in that order)."""
+    if not len(codes):
+        return np.empty(0, dtype=np.int64)
+    opens = np.empty(len(codes), dtype=bool)
+    opens[0] = True
+    # a row opens a new code where it exceeds every earlier one
+    np.greater(codes[1:], np.maximum.accumulate(codes)[:-1], out=opens[1:])
+    return np.flatnonzero(opens)
+
+
+def _n_distinct(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per dense group: how many distinct non-missing (>= 0) values."""
+    ok = values >= 0
+    width = int(values.max(initial=0)) + 1
+    pairs = pd.unique(group[ok] * width + values[ok])  # < 2**62: both factors are below 2**31
+    return np.bincount(pairs // width, minlength=n_groups)
+
+
+def _distinct_counts(
+    ids: pd.DataFrame, keys: list[str], columns: tuple[str, ...] = tuple(_DEMO)
+) -> pd.DataFrame:
+    """Per key: how many distinct non-missing values of ``columns`` (names, birth dates, sexes).
+
+    Integer kernels (one factorize of the packed key, one hash of packed (key, value) pairs), not
+    a pandas ``drop_duplicates`` + group-by per column over the millions of identity tuples.
+    """
+    group = pd.factorize(_combine([ids[k].to_numpy() + 1 for k in keys]))[0]
+    first = _first_rows(group)
+    if len(keys) > 1:
+        index = pd.MultiIndex.from_arrays([ids[k].to_numpy()[first] for k in keys], names=keys)
+    else:
+        index = pd.Index(ids[keys[0]].to_numpy()[first], name=keys[0])
+    counts = {c: _n_distinct(group, ids[c].to_numpy(), len(first)) for c in columns}
+    return pd.DataFrame(counts, index=index, dtype="int64")
+
+
+def _joined(groups: list[pd.Series], text: pd.Series, sep: str, *, distinct: bool) -> dict:
+    """``sep``-joined sorted texts per group key (a tuple for several group columns).
+
+    A plain dict pass: a pandas ``agg(lambda)`` costs a Series per group, and there are 10^5.
+    """
+    keys = zip(*(g.tolist() for g in groups), strict=True) if len(groups) > 1 else groups[0].tolist()
+    acc: dict = {}
+    for key, value in zip(keys, text.tolist(), strict=True):
+        acc.setdefault(key, []).append(value)
+    return {k: sep.join(sorted(set(v) if distinct else v)) for k, v in acc.items()}
 
 
 def _demographics_text(coded: _Coded, rows: pd.DataFrame, with_issuer: bool) -> pd.Series:
@@ -262,18 +325,24 @@ def same_id_different_demographics(coded: _Coded) -> pd.DataFrame:
     ids = coded.frame[coded.frame["pid"] >= 0]
     out = []
     for scope, keys in (("within_issuer", ["issuer", "pid"]), ("across_issuers", ["pid"])):
-        counts = _distinct_counts(ids, keys)
+        across = scope == "across_issuers"
+        counts = _distinct_counts(ids, keys, (*_DEMO, "issuer") if across else tuple(_DEMO))
+        issuers = counts.pop("issuer") if across else None
         bad = (counts > 1).any(axis=1)
-        if scope == "across_issuers":
-            issuers = ids[["pid", "issuer"]].drop_duplicates().groupby("pid").size()
-            bad &= issuers.reindex(counts.index).fillna(0) > 1
+        if issuers is not None:
+            bad &= issuers > 1
         counts = counts[bad]
         if counts.empty:
             continue
         flagged = ids.merge(counts.reset_index()[keys], on=keys)
-        text = _demographics_text(coded, flagged, with_issuer=scope == "across_issuers")
-        variants = text.groupby([flagged[k] for k in keys]).agg(lambda s: "; ".join(sorted(set(s))))
+        text = _demographics_text(coded, flagged, with_issuer=across)
+        variants = _joined([flagged[k] for k in keys], text, "; ", distinct=True)
         members = flagged[["issuer", "pid"]].drop_duplicates().reset_index(drop=True)
+        member_list = (
+            list(zip(*(members[k].tolist() for k in keys), strict=True))
+            if len(keys) > 1
+            else members["pid"].tolist()
+        )
         member_keys = pd.MultiIndex.from_frame(members[keys]) if len(keys) > 1 else pd.Index(members["pid"])
         per_key = counts.reindex(member_keys)
         detail = (
@@ -285,10 +354,10 @@ def same_id_different_demographics(coded: _Coded) -> pd.DataFrame:
             + per_key["sex"].astype(str)
         )
         related: pd.Series | str = ""
-        if scope == "across_issuers":
+        if across:
             names = coded.decode("issuer", members["issuer"])
-            joined = names.groupby(members["pid"]).agg(lambda s: "|".join(sorted(s)))
-            related = members["pid"].map(joined)
+            joined = _joined([members["pid"]], names, "|", distinct=False)
+            related = np.asarray([joined[k] for k in member_list], dtype=object)
         out.append(
             _rows(
                 coded,
@@ -296,7 +365,7 @@ def same_id_different_demographics(coded: _Coded) -> pd.DataFrame:
                 SAME_ID_DIFFERENT_DEMOGRAPHICS,
                 scope,
                 detail.to_numpy(),
-                variants.reindex(member_keys).to_numpy(),
+                np.asarray([variants[k] for k in member_list], dtype=object),
                 related,
             )
         )
@@ -314,7 +383,7 @@ def same_demographics_different_ids(coded: _Coded) -> pd.DataFrame:
     rows = people.merge(multi.rename("n_ids").reset_index(), on=_DEMO).reset_index(drop=True)
     identity = coded.decode("issuer", rows["issuer"]) + ":" + coded.decode("pid", rows["pid"])
     group = rows.groupby(_DEMO).ngroup()
-    related = identity.groupby(group).agg(lambda s: "|".join(sorted(s)))
+    related = _joined([group], identity, "|", distinct=False)
     issuers = rows.groupby(group)["issuer"].nunique()
     scope = np.where(group.map(issuers).to_numpy() > 1, "across_issuers", "within_issuer")
     return _rows(
@@ -372,8 +441,8 @@ def id_format_outliers(
 
 def missing_patient_ids(inventory: Inventory) -> pd.DataFrame:
     """One row per study without a Patient ID."""
-    mask = pc.is_null(_arrow(inventory["patient_id"]))
-    issuers = pc.fill_null(pc.filter(_arrow(inventory["issuer_of_patient_id"]), mask), "")
+    mask = pc.is_null(_strings(inventory["patient_id"]))
+    issuers = pc.fill_null(pc.filter(_strings(inventory["issuer_of_patient_id"]), mask), "")
     return pd.DataFrame(
         {
             "kind": MISSING_PATIENT_ID,
@@ -385,7 +454,7 @@ def missing_patient_ids(inventory: Inventory) -> pd.DataFrame:
             "variants": "",
             "related": "",
             "study_instance_uid": np.asarray(
-                pc.filter(_arrow(inventory["study_instance_uid"]), mask).to_pylist(), dtype=object
+                pc.filter(_strings(inventory["study_instance_uid"]), mask).to_pylist(), dtype=object
             ),
         },
         columns=ISSUE_COLUMNS,
@@ -428,6 +497,7 @@ def summarise(issues: pd.DataFrame) -> dict[str, int]:
 def write_issues(inventory: Inventory, out: Path) -> dict[str, int]:
     """Compute and write ``patient_id_issues.csv``; returns rows per kind."""
     issues = patient_id_issues(inventory)
+    _release_arrow_memory()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     issues.to_csv(tmp, index=False)

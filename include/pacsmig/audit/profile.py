@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 
 #: DICOM PS3.3 C.7.3.1.1.1 Modality defined terms, current and retired (legacy archives hold both).
@@ -144,8 +145,13 @@ def estimate_bytes(inventory: pd.DataFrame, samples: pd.DataFrame) -> tuple[pd.S
     profile = size_profile(samples)
     per_instance: dict[str, float] = {}
     provenance: dict[str, dict] = {}
-    modalities = inventory["primary_modality"].fillna("").astype(str)
-    for modality in sorted(set(modalities.unique())):
+    # the few distinct modalities, and a code per study: no 10 M-row string copy or string map
+    codes, uniques = pd.factorize(inventory["primary_modality"])
+    names = [str(u) for u in uniques]
+    if (codes < 0).any():
+        names.append("")  # a missing modality, as fillna("") would have it
+        codes = np.where(codes < 0, len(names) - 1, codes)
+    for modality in sorted(set(names)):
         if modality in profile.index:
             row = profile.loc[modality]
             per_instance[modality] = float(row["mean_bytes"])
@@ -162,9 +168,12 @@ def estimate_bytes(inventory: pd.DataFrame, samples: pd.DataFrame) -> tuple[pd.S
                 "instances_sampled": 0,
                 "bytes_per_instance": nominal,
             }
-    factor = modalities.map(per_instance).astype("float64")
-    est = (inventory["n_instances"].astype("float64") * factor).round().astype("int64")
-    return est, provenance
+    factor = np.array([per_instance[name] for name in names], dtype="float64")
+    est = inventory["n_instances"].astype("float64").to_numpy(copy=True)
+    est *= factor[codes]
+    np.round(est, out=est)
+    # pandas' astype, not numpy's: a missing count must raise, not become a garbage integer
+    return pd.Series(est, index=inventory.index).astype("int64"), provenance
 
 
 def bytes_method_text(provenance: dict[str, dict]) -> str:
