@@ -132,3 +132,20 @@ def test_four_concurrent_moves_into_receivers_sharing_one_port(loaded_legacy, le
         on_disk = {p.stem for p in (staging / study.study_instance_uid).glob("*.dcm")}
         assert on_disk == set(study.instances)
         assert by_uid[study.study_instance_uid] == (study.n_instances, 0)
+
+
+def test_files_torn_by_a_crash_before_the_deferred_fsync_are_re_pulled(loaded_legacy, legacy_node: DicomNode,
+                                                                      tmp_path: Path) -> None:
+    """Receivers do not fsync per instance: what an OS crash may leave is never counted, but re-pulled."""
+    _, truth = loaded_legacy
+    study = next(s for s in truth.studies if s.n_instances >= 3)
+    staging = tmp_path / "staging"
+    first = retrieve(legacy_node, staging, study_instance_uid=study.study_instance_uid)
+    assert first.complete
+    torn, unvouched, *_ = sorted(first.received.values(), key=lambda i: i.sop_instance_uid)
+    torn.path.write_bytes(torn.path.read_bytes()[:4096])  # empty or cut: delayed allocation lost
+    unvouched.path.with_suffix(".json").unlink()  # the sidecar never reached the disk
+    again = retrieve(legacy_node, staging, study_instance_uid=study.study_instance_uid, backoff_s=0.1)
+    assert again.complete and again.conflicts == [] and again.malformed == []
+    _assert_study_identical(again, truth, study)
+    assert not again.received[unvouched.sop_instance_uid].rebuilt

@@ -263,6 +263,12 @@ def test_lossless_and_transformed_copies_verify(arranged, ledger_dsn: str, tmp_p
     assert df.loc[ct0, "target_transfer_syntax"] == str(RLELossless)
     assert df.loc[ct0, "source_raw_hash"] != df.loc[ct0, "target_raw_hash"]
     assert df.loc[ct0, "source_pixel_hash"] == df.loc[ct0, "target_pixel_hash"]
+    # How each match was established is in the report: the transcoded copies were decoded, the
+    # byte-identical ones matched on identical pixel bytes and decode inputs.
+    assert df.loc[ct0, "method"] == "decoded" == df.loc[archive.instances["us"][0].sop, "method"]
+    untouched = [i.sop for i in archive.all() if i.sop not in (ct0, archive.instances["us"][0].sop)
+                 and df.loc[i.sop, "source_raw_hash"] != "no-pixel-data"]
+    assert untouched and set(df.loc[untouched, "method"]) == {"raw_identical"}
     assert (
         pydicom.uid.UID(df.loc[archive.instances["us"][0].sop, "target_transfer_syntax"]) == JPEG2000Lossless
     )

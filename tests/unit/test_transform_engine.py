@@ -145,3 +145,100 @@ def test_cli_check_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     report = pd.read_csv(out)
     assert "siemens-ct-tube-current" in set(report.rule_id)
     assert pydicom.dcmread(src).get("XRayTubeCurrent") is None  # nothing written to the file
+
+
+# --- the header-only path: parse up to the pixels, splice the source's pixel bytes back on ---------
+def full_parse_bytes(src: Path, rules: RuleSet, mpi_id: str) -> bytes:
+    """What transform_instance wrote before it spliced: full parse, apply, re-encode everything."""
+    import copy
+    from io import BytesIO
+
+    from pacsmig.transform.engine import apply_all
+    from pacsmig.transform.provenance import record_original_attributes
+
+    ds = pydicom.dcmread(src)
+    issuer = copy.deepcopy(ds[0x00100021]) if 0x00100021 in ds else None
+    changes = apply_all(ds, rules, mpi_id, "HOSPITAL_MPI")
+    record_original_attributes(ds, changes, WHEN, original_issuer=issuer)
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    return buf.getvalue()
+
+
+def with_trailing_padding(src: Path, dst: Path) -> Path:
+    ds = pydicom.dcmread(src)
+    ds.DataSetTrailingPadding = b"\x00" * 8
+    ds.save_as(dst, enforce_file_format=False)
+    return dst
+
+
+@pytest.mark.parametrize("name", ["JPEG2000.dcm", "MR_small_RLE.dcm", "MR_small_implicit.dcm",
+                                  "MR_small_bigendian.dcm", "image_dfl.dcm", "CT_small.dcm",
+                                  "SC_rgb_rle_2frame.dcm", "rtplan.dcm", "padded"])
+def test_output_is_what_a_full_parse_and_re_encode_gives(tmp_path: Path, default_rules: RuleSet,
+                                                         name: str) -> None:
+    src = (with_trailing_padding(Path(get_testdata_file("CT_small.dcm")), tmp_path / "padded.dcm")
+           if name == "padded" else Path(get_testdata_file(name)))
+    result = transform_instance(src, tmp_path / "out.dcm", rules=default_rules, mpi_patient_id="MPI-7",
+                                mpi_issuer="HOSPITAL_MPI", when=WHEN)
+    data = result.path.read_bytes()
+    assert data == full_parse_bytes(src, default_rules, "MPI-7")
+    assert result.file_hash == hash_instance(result.path).file_hash
+
+
+def test_a_rule_on_an_element_after_the_pixels_still_applies(tmp_path: Path) -> None:
+    src = with_trailing_padding(Path(get_testdata_file("CT_small.dcm")), tmp_path / "in.dcm")
+    rs = RuleSet.from_dict({"rules": [{"id": "nopad", "op": "delete", "element": "DataSetTrailingPadding"}]})
+    result = transform_instance(src, tmp_path / "out.dcm", rules=rs, mpi_patient_id=None, mpi_issuer="M",
+                                when=WHEN)
+    assert [c.keyword for c in result.changes] == ["DataSetTrailingPadding"]
+    after = pydicom.dcmread(result.path)
+    assert "DataSetTrailingPadding" not in after
+    assert hash_instance(result.path).raw_hash == hash_instance(src).raw_hash
+
+
+def test_a_given_header_is_used_and_a_stale_one_re_read(tmp_path: Path, default_rules: RuleSet,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacsmig.transform import engine
+
+    src = siemens_ct(tmp_path)
+    header = engine.read_header(src)
+    kw = {"rules": default_rules, "mpi_patient_id": "MPI-1", "mpi_issuer": "HOSPITAL_MPI", "when": WHEN}
+    with monkeypatch.context() as m:
+        m.setattr(engine.pydicom, "dcmread", lambda *a, **k: pytest.fail("the header was parsed again"))
+        a = transform_instance(src, tmp_path / "a.dcm", header=header, **kw)
+    assert a.path.read_bytes() == full_parse_bytes(src, default_rules, "MPI-1")
+    stale = engine.read_header(src)
+    siemens_ct(tmp_path, PatientID="other-id")  # the staged file is rewritten after its header was read
+    b = transform_instance(src, tmp_path / "b.dcm", header=stale, **kw)
+    assert b.path.read_bytes() == full_parse_bytes(src, default_rules, "MPI-1")
+    assert any(c.keyword == "PatientID" and c.old == "other-id" for c in b.changes)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_values_left_undecoded_are_still_checked(tmp_path: Path, implicit: bool) -> None:
+    """Truncation and date fixes skip decoding values that fit; the ones that do not are fixed."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds = make_dataset(InstitutionName="I" * 64, StationName="S" * 17, StudyDate="20200131",
+                      SeriesDate="2020-02-01", AcquisitionDate="20201341",
+                      transfer_syntax=ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian)
+    src = write(ds, tmp_path / "in.dcm")
+    rs = RuleSet.from_yaml(default_rules_path())
+    result = transform_instance(src, tmp_path / "out.dcm", rules=rs, mpi_patient_id=None, mpi_issuer="M",
+                                when=WHEN)
+    by_keyword = {c.keyword: c for c in result.changes}
+    assert set(by_keyword) == {"StationName", "SeriesDate", "AcquisitionDate"}
+    assert by_keyword["StationName"].new == "S" * 16
+    assert by_keyword["SeriesDate"].new == "20200201"
+    assert by_keyword["AcquisitionDate"].action == "empty-invalid"
+    assert result.path.read_bytes() == full_parse_bytes(src, rs, "")
+
+
+def test_rule_file_is_parsed_again_when_edited(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("rules:\n- {id: a, op: delete, element: InstitutionName}\n")
+    first = RuleSet.from_yaml(path)
+    assert RuleSet.from_yaml(path) is first
+    path.write_text("rules:\n- {id: b, op: delete, element: StationName}\n")
+    assert [r.id for r in RuleSet.from_yaml(path)] == ["b"]

@@ -354,3 +354,30 @@ def test_no_changes_no_item() -> None:
     ds = make_dataset()
     assert record_original_attributes(ds, [], WHEN) == 0
     assert "OriginalAttributesSequence" not in ds
+
+
+# --- answers shared between the rules of one apply ---------------------------------------------
+def test_later_rules_see_what_earlier_rules_changed() -> None:
+    """Creators, texts and the element scan are shared between rules, never across a change."""
+    mark = {"group": 0x0029, "creator": "PACSMIG TEST", "offset": 0x01}
+    rs = rules(
+        {"id": "unless-mr", "op": "set", "element": "InstitutionName", "value": "CT only",
+         "when": {"modality": "MR"}},
+        {"id": "to-mr", "op": "set", "element": "Modality", "value": "MR"},
+        {"id": "if-mr", "op": "set", "element": "StationName", "value": "now MR", "when": {"modality": "MR"}},
+        {"id": "mark", "op": "set", "element": mark, "vr": "LO", "value": "x"},
+        {"id": "if-marked", "op": "set", "element": "OperatorsName", "value": "Doe^J",
+         "when": {"private_creator": {"group": 0x0029, "creator": "PACSMIG TEST"}, "present": mark}},
+        {"id": "cut", "op": "truncate", "vr": ["LO"]},
+        {"id": "drop", "op": "delete", "element": "SeriesDescription"},
+        {"id": "cut-again", "op": "truncate", "vr": ["LO"]},
+    )
+    ds = make_dataset(modality="CT", StudyDescription="D" * 70, SeriesDescription="S" * 70)
+    changes = rs.apply(ds)
+    assert [(c.rule_id, c.keyword) for c in changes] == [
+        ("to-mr", "Modality"), ("if-mr", "StationName"), ("mark", "PACSMIG TEST (0029,xx01)"),
+        ("if-marked", "OperatorsName"), ("cut", "StudyDescription"), ("cut", "SeriesDescription"),
+        ("drop", "SeriesDescription")]
+    assert "InstitutionName" not in ds
+    assert ds.StationName == "now MR" and ds.OperatorsName == "Doe^J"
+    assert ds.StudyDescription == "D" * 64

@@ -1,5 +1,9 @@
 """Extract: pull a study from the source by C-MOVE or C-GET into staging, count it, re-pull what is missing.
 
+Every instance counted as received has been fsynced and re-read with the hash its receiver computed
+from the network bytes (:meth:`~pacsmig.dicom.staging.StagingStore.make_durable`): receivers no
+longer fsync per C-STORE, so this is where the durability the ledger relies on is established.
+
 A final C-MOVE status is never trusted on its own: after every request we count what is in
 ``staging_root/<study_uid>/`` and compare it with what the source says it holds (C-FIND at SERIES
 then IMAGE level, or the caller's ``expected``). Whatever is missing is re-pulled at SERIES level,
@@ -388,8 +392,16 @@ def retrieve(node: DicomNode, staging_root: Path, *, study_instance_uid: str,
     sop_to_series = {sop: s for s, sops in result.expected.items() for sop in sops}
     sop_filter = set(sop_to_series) | set(sop_instance_uids or [])
 
+    durable: set[str] = set()
+
     def account() -> None:
         contents = store.scan(study, sop_filter | set(result.failed_sop_uids))
+        # Receivers do not fsync per instance: make what arrived durable now, before anything is
+        # counted (and so before the ledger can record it); unconfirmed bytes count as missing.
+        fresh = [inst for sop, inst in contents.received.items() if sop not in durable]
+        for inst in store.make_durable(fresh):
+            del contents.received[inst.sop_instance_uid]
+        durable.update(contents.received)
         result.received, result.conflicts, result.malformed = (contents.received, contents.conflicts,
                                                                contents.malformed)
         accounted = set(result.received) | {m.sop_instance_uid for m in result.malformed}

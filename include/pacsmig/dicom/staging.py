@@ -8,9 +8,28 @@ write any study)::
     quarantine_root/<study_uid>/<sop_uid>.<sha256>.dcm + .json   conflicts and malformed objects
     quarantine_root/_unknown_study/...            malformed objects whose study UID is unreadable
 
-A new file is written to a temporary name, fsynced, then published with ``os.link``: like
-``os.replace`` it is atomic, but it fails instead of clobbering, so two receivers racing on one
-SOP UID can never overwrite each other — the loser compares bytes and records a conflict.
+A new file is written to a temporary name, then published with ``os.link``: like ``os.replace``
+it is atomic, but it fails instead of clobbering, so two receivers racing on one SOP UID can never
+overwrite each other — the loser compares bytes and records a conflict.
+
+Durability is deferred to the ledger, not paid per C-STORE. A staged file is *not* fsynced before
+its C-STORE is answered (that cost ~3 ms of disk wait per instance); quarantine copies still are.
+The guarantee that matters is that nothing is recorded in the ledger as extracted unless its bytes
+are durable and intact, and the source keeps its copy (a migration never deletes there), so an
+instance lost before the ledger knows of it only costs a re-pull. :meth:`StagingStore.make_durable`
+(called by :func:`pacsmig.dicom.retrieve.retrieve` after every round, before it returns, so before
+any ledger row) fsyncs each newly received file, re-reads it, and keeps it only if its sha256 is the
+one the receiver computed from the network bytes (recorded in its sidecar), then fsyncs the
+folders. Why that is sound:
+
+* a killed receiver process (SIGKILL) loses nothing that ``write()`` returned: the page cache
+  survives it; a store it had not answered is re-sent or re-pulled;
+* after an OS crash or power loss, a file received but never made durable may be empty or torn
+  under its final name, and its sidecar missing or torn. It is discarded (and re-pulled) unless a
+  readable sidecar written from the network bytes has the file's hash: a rebuilt sidecar proves
+  nothing, a torn sidecar does not parse;
+* a re-delivered object meeting such an untrusted staged file replaces it instead of being taken
+  for a UID conflict.
 """
 
 from __future__ import annotations
@@ -23,6 +42,7 @@ import re
 import struct
 import uuid
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -77,6 +97,11 @@ class ReceivedInstance:
     calling_ae: str
     move_originator_message_id: int | None
     move_originator_ae: str | None = None
+    #: :class:`~pacsmig.verify.hashing.InstanceHashes` fields computed at receive time from the
+    #: network bytes (native pixels only), or None.
+    hashes: dict[str, Any] | None = None
+    #: The sidecar was rebuilt from the file, so nothing vouches for the file's bytes.
+    rebuilt: bool = False
 
 
 @dataclass
@@ -153,18 +178,33 @@ def _fsync_dir(path: Path) -> None:
 
 def _write_new(path: Path, data: bytes) -> bool:
     """Durably create ``path`` with ``data``; False (nothing written) if it already exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return _publish(path, data, durable=True)
+
+
+def _publish(path: Path, data: bytes, *, durable: bool = False, replace: bool = False) -> bool:
+    """Create ``path`` with ``data`` atomically; False (nothing written) if it already exists.
+
+    ``durable`` fsyncs the file and its folder first; ``replace`` overwrites an existing file
+    (only ever an untrusted staged one).
+    """
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        _fsync_dir(path.parent)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+        if durable:
+            _fsync_dir(path.parent)
         return True
     finally:
         try:
@@ -179,7 +219,8 @@ def _write_json(path: Path, body: dict[str, Any]) -> None:
     Not fsynced: a sidecar lost in a crash is rebuilt from its (fsynced) file by :meth:`scan`,
     and skipping the fsync halves the cost of a store.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(body, fh, default=str, sort_keys=True)
@@ -289,6 +330,7 @@ class _Parsed:
     sop_class_uid: str
     study_instance_uid: str
     series_instance_uid: str
+    dataset: Any = None
 
 
 class StagingStore:
@@ -370,26 +412,38 @@ class StagingStore:
             return None, "dataset SOP Instance/Class UID differ from the C-STORE request", \
                 STATUS_DATASET_MISMATCH
         return _Parsed(str(values["SOPInstanceUID"]), str(values["SOPClassUID"]),
-                       str(values["StudyInstanceUID"]), str(values["SeriesInstanceUID"])), "", STATUS_SUCCESS
+                       str(values["StudyInstanceUID"]), str(values["SeriesInstanceUID"]), ds), "", STATUS_SUCCESS
 
     def _stage(self, encoded: bytes, file_hash: str, parsed: _Parsed, transfer_syntax_uid: str,
                meta: dict[str, Any]) -> StoreOutcome:
         study, sop = parsed.study_instance_uid, parsed.sop_instance_uid
         path = self.staging_root / study / f"{sop}.dcm"
         sidecar = path.with_suffix(".json")
-        if _write_new(path, encoded):
+
+        def write_sidecar() -> None:
             _write_json(sidecar, {
                 "sop_instance_uid": sop, "series_instance_uid": parsed.series_instance_uid,
                 "study_instance_uid": study, "sop_class_uid": parsed.sop_class_uid,
                 "size_bytes": len(encoded), "file_hash": file_hash, "received_at": _now(),
-                "pid": os.getpid(), **meta,
+                "pid": os.getpid(), "hashes": _receive_hashes(parsed, encoded), **meta,
             })
+
+        if _publish(path, encoded):
+            write_sidecar()
             return StoreOutcome(STATUS_SUCCESS, "stored", sop, study, path)
         existing_hash = self._staged_hash(path)
         if existing_hash == file_hash:
-            if not sidecar.exists():  # a receiver died between the two writes: complete it
-                self._rebuild_sidecar(path)
+            if self._vouched_hash(sidecar) != file_hash:  # a receiver died before its sidecar
+                write_sidecar()
             return StoreOutcome(STATUS_SUCCESS, "duplicate", sop, study, path)
+        if self._vouched_hash(sidecar) != existing_hash:
+            # Nothing received vouches for the staged bytes (left torn by a crash before they were
+            # made durable): they are not a second object, replace them with what arrived.
+            logger.warning("SOP %s of study %s: staged file unconfirmed by its sidecar, replaced by the "
+                           "re-delivered object", sop, study)
+            _publish(path, encoded, replace=True)
+            write_sidecar()
+            return StoreOutcome(STATUS_SUCCESS, "stored", sop, study, path)
         logger.warning("uid_conflict: SOP %s of study %s arrived with different bytes (%s vs staged %s)",
                        sop, study, file_hash[:12], existing_hash[:12])
         qdir = self.quarantine_root / study
@@ -431,6 +485,58 @@ class StagingStore:
         return value if is_valid_uid(value) else None
 
     @staticmethod
+    def _vouched_hash(sidecar: Path) -> str | None:
+        """The file hash a receiver recorded from the network bytes (not a rebuilt one), or None."""
+        try:
+            body = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(body, dict) or body.get("rebuilt"):
+            return None
+        return str(body.get("file_hash") or "") or None
+
+    def make_durable(self, instances: Iterable[ReceivedInstance]) -> list[ReceivedInstance]:
+        """fsync staged files and their folders; discard (and return) those not safe to record.
+
+        A file is kept only if its bytes, read back after the fsync, have the sha256 that its
+        receiver computed from the network bytes. Discarded files are removed from staging, so
+        the caller counts them as missing and re-pulls them from the source.
+        """
+        discarded: list[ReceivedInstance] = []
+        folders: set[Path] = set()
+        for inst in instances:
+            try:
+                fd = os.open(inst.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                    h, size = hashlib.sha256(), 0
+                    while block := os.read(fd, 1 << 20):
+                        h.update(block)
+                        size += len(block)
+                finally:
+                    os.close(fd)
+                good = not inst.rebuilt and h.hexdigest() == inst.file_hash and size == inst.size_bytes
+            except FileNotFoundError:
+                good = False
+            if good:
+                folders.add(inst.path.parent)
+                continue
+            logger.warning("SOP %s of study %s: staged bytes not confirmed by their receiver (torn by a "
+                           "crash?): discarded, to be re-pulled", inst.sop_instance_uid,
+                           inst.study_instance_uid)
+            for stale in (inst.path, inst.path.with_suffix(".json")):
+                try:
+                    stale.unlink()
+                except FileNotFoundError:
+                    pass
+            folders.add(inst.path.parent)
+            discarded.append(inst)
+        for folder in folders:
+            if folder.is_dir():
+                _fsync_dir(folder)
+        return discarded
+
+    @staticmethod
     def _staged_hash(path: Path) -> str:
         # The bytes are the truth; the sidecar may be missing or stale after a crash.
         return file_sha256(path)
@@ -468,7 +574,8 @@ class StagingStore:
                     size_bytes=int(body["size_bytes"]), file_hash=body["file_hash"],
                     calling_ae=body.get("calling_ae") or "",
                     move_originator_message_id=body.get("move_originator_message_id"),
-                    move_originator_ae=body.get("move_originator_ae"))
+                    move_originator_ae=body.get("move_originator_ae"),
+                    hashes=body.get("hashes") or None, rebuilt=bool(body.get("rebuilt")))
                 received[inst.sop_instance_uid] = inst
         conflicts: dict[str, Conflict] = {}
         malformed: list[Malformed] = []
@@ -515,6 +622,18 @@ class StagingStore:
         except (OSError, json.JSONDecodeError):
             logger.warning("sidecar of %s unreadable, rebuilding from the file", path.name)
         return self._rebuild_sidecar(path)
+
+
+def _receive_hashes(parsed: _Parsed, encoded: bytes) -> dict[str, Any] | None:
+    """The instance's hashes from the bytes in hand (native pixels only; see hashes_if_native)."""
+    from pacsmig.verify.hashing import hashes_if_native
+
+    try:
+        hashes = hashes_if_native(parsed.dataset, encoded)
+    except Exception:  # noqa: BLE001 - the extract step hashes it again and reports the failure
+        logger.debug("SOP %s: hashing at receive failed; left to extract", parsed.sop_instance_uid)
+        return None
+    return asdict(hashes) if hashes is not None else None
 
 
 def instance_record(inst: ReceivedInstance) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import requests
@@ -42,6 +42,10 @@ _SOP_UID = "00080018"
 _DUPLICATE_REASONS = {0x0111}
 _TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
 _ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+#: Read-back asks for the bytes uncompressed: requests offers gzip by default and Orthanc then
+#: gzips every WADO answer, which cost it ~3.5 ms CPU per 130 KB image (and us the inflate).
+_NO_GZIP = {"Accept-Encoding": "identity"}
+_STREAM_CHUNK = 1 << 18
 
 
 def _first(element: dict[str, Any] | None) -> Any:
@@ -87,6 +91,75 @@ def parse_multipart(content_type: str, body: bytes) -> list[bytes]:
             parts.append(body[start:end])
             pos = end + 2
     return parts
+
+
+def iter_multipart(content_type: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The bodies of a ``multipart/related`` stream, each yielded as soon as it is complete.
+
+    Same rules as :func:`parse_multipart` (Content-Length honoured when given, else the next
+    delimiter ends a part), but linear in the stream: searches resume where they stopped and
+    consumed bytes are dropped from the front of one buffer. A part cut short by the end of the
+    stream is not yielded.
+    """
+    params = dict(
+        (p.split("=", 1)[0].strip().lower(), p.split("=", 1)[1].strip().strip('"'))
+        for p in content_type.split(";")[1:] if "=" in p
+    )
+    boundary = params.get("boundary")
+    if not boundary:
+        raise ValueError("multipart answer without boundary")
+    delimiter = b"--" + boundary.encode()
+    source = iter(chunks)
+    buf = bytearray()
+
+    def more() -> bool:
+        for chunk in source:
+            if chunk:
+                buf.extend(chunk)
+                return True
+        return False
+
+    def find(needle: bytes, start: int) -> int:
+        while True:
+            at = buf.find(needle, start)
+            if at >= 0:
+                return at
+            start = max(start, len(buf) - len(needle) + 1)
+            if not more():
+                return -1
+
+    def have(n: int) -> bool:
+        while len(buf) < n:
+            if not more():
+                return False
+        return True
+
+    pos = find(delimiter, 0)
+    while pos >= 0:
+        pos += len(delimiter)
+        if not have(pos + 2) or buf[pos:pos + 2] == b"--":
+            return
+        head_end = find(b"\r\n\r\n", pos)
+        if head_end < 0:
+            return
+        headers = bytes(buf[pos:head_end]).decode("latin-1").split("\r\n")
+        lengths = [int(h.split(":", 1)[1]) for h in headers if h.lower().startswith("content-length:")]
+        start = head_end + 4
+        if lengths:
+            if not have(start + lengths[0]):
+                return
+            part = bytes(buf[start:start + lengths[0]])
+            del buf[:start + lengths[0]]
+            yield part
+            pos = find(delimiter, 0)
+        else:
+            end = find(b"\r\n" + delimiter, start)
+            if end < 0:
+                return
+            part = bytes(buf[start:end])
+            del buf[:end + 2]
+            yield part
+            pos = 0
 
 
 class DicomWebDestination(BaseDestination):
@@ -199,7 +272,7 @@ class DicomWebDestination(BaseDestination):
         while True:
             resp = self._request("GET", f"{self.base_url}/studies/{study_instance_uid}/instances", params={
                 "includefield": _SERIES_UID, "limit": self.page_size, "offset": offset},
-                headers={"Accept": "application/dicom+json"})
+                headers={"Accept": "application/dicom+json", **_NO_GZIP})
             if resp.status_code in (204, 404):
                 break
             if resp.status_code != 200:
@@ -222,7 +295,7 @@ class DicomWebDestination(BaseDestination):
     def _get(self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> bytes:
         url = (f"{self.base_url}/studies/{study_instance_uid}/series/{series_instance_uid}"
                f"/instances/{sop_instance_uid}")
-        resp = self._request("GET", url, headers={"Accept": _ACCEPT_DICOM})
+        resp = self._request("GET", url, headers={"Accept": _ACCEPT_DICOM, **_NO_GZIP})
         if resp.status_code == 404:
             raise KeyError(sop_instance_uid)
         if resp.status_code != 200:
@@ -234,3 +307,43 @@ class DicomWebDestination(BaseDestination):
         if len(parts) != 1:
             raise Fatal(f"WADO-RS answered {len(parts)} parts for one instance {sop_instance_uid}")
         return parts[0]
+
+    def iter_series(self, study_instance_uid: str, series_instance_uid: str) -> Iterator[bytes]:
+        """Every instance of one series as the target holds it: one WADO-RS series request, streamed.
+
+        One request instead of one per instance (Orthanc spent ~10x less CPU per image this way),
+        parts yielded as they arrive so memory holds one instance, not the series. What it does
+        not yield proves nothing: an unknown series yields nothing and a stream cut short ends
+        early, so the caller must account for every instance it expected on its own.
+
+        Raises
+        ------
+        DestinationUnavailable
+            When the request itself fails after the retries or is refused.
+        """
+        url = f"{self.base_url}/studies/{study_instance_uid}/series/{series_instance_uid}"
+
+        def open_stream() -> requests.Response:
+            resp = self._request("GET", url, headers={"Accept": _ACCEPT_DICOM, **_NO_GZIP}, stream=True)
+            if resp.status_code in (204, 404):
+                resp.close()
+                raise KeyError(series_instance_uid)
+            if resp.status_code != 200:
+                resp.close()
+                raise Fatal(f"HTTP {resp.status_code} on WADO-RS for series {series_instance_uid}")
+            return resp
+
+        try:
+            resp = self._retry(f"retrieving series {series_instance_uid}", open_stream)
+        except KeyError:
+            return
+        with resp:
+            content_type = resp.headers.get("Content-Type", "")
+            try:
+                if content_type.lower().startswith("application/dicom"):
+                    yield resp.content
+                    return
+                yield from iter_multipart(content_type, resp.iter_content(_STREAM_CHUNK))
+            except (requests.RequestException, ValueError) as exc:
+                logger.warning("destination %s: series %s stream ended early (%s)", self.name,
+                               series_instance_uid, type(exc).__name__)

@@ -275,27 +275,99 @@ class Condition:
         absent = tuple(parse_ref(r, rule_id) for r in _list(spec.get("absent")))
         return cls(modality, regex, names, tuple(creators), present, absent)
 
-    def holds(self, ds: Dataset) -> bool:
-        """Whether ``ds`` satisfies every test."""
-        if self.modality and str(ds.get("Modality", "") or "").strip().upper() not in self.modality:
+    def holds(self, ds: Dataset, lookup: _Lookup | None = None) -> bool:
+        """Whether ``ds`` satisfies every test (``lookup``: answers shared with other rules)."""
+        lookup = lookup if lookup is not None and lookup.ds is ds else _Lookup(ds)
+        if self.modality and lookup.text("Modality").upper() not in self.modality:
             return False
-        manufacturer = str(ds.get("Manufacturer", "") or "").strip()
-        if self.manufacturer_regex is not None and not self.manufacturer_regex.search(manufacturer):
-            return False
-        if self.manufacturer_names and manufacturer.casefold() not in self.manufacturer_names:
-            return False
+        if self.manufacturer_regex is not None or self.manufacturer_names:
+            manufacturer = lookup.text("Manufacturer")
+            if self.manufacturer_regex is not None and not self.manufacturer_regex.search(manufacturer):
+                return False
+            if self.manufacturer_names and manufacturer.casefold() not in self.manufacturer_names:
+                return False
         for group, creator in self.private_creators:
+            if not lookup.has_creator(group, creator):
+                return False
             try:
                 ds.private_block(group, creator)
             except KeyError:
                 return False
-        if any(not _has_value(ds, ref) for ref in self.present):
+        if any(not _has_value(ds, ref, lookup) for ref in self.present):
             return False
-        return all(not _has_value(ds, ref) for ref in self.absent)
+        return all(not _has_value(ds, ref, lookup) for ref in self.absent)
 
 
-def _has_value(ds: Dataset, ref: ElementRef) -> bool:
+class _Lookup:
+    """What the rules of one :meth:`RuleSet.apply` ask of a dataset again and again, asked once.
+
+    Valid for one version of the dataset: :meth:`RuleSet.apply` starts a new one after every rule
+    that changed something, so no rule sees an answer from before an earlier rule's change.
+    Elements are inspected without decoding their values where the answer does not need them
+    (VR of a raw element, private creators of a group), which also leaves them to be written
+    back as the bytes they were read from.
+    """
+
+    __slots__ = ("_creators", "_scan", "_text", "ds")
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+        self._text: dict[str, str] = {}
+        self._creators: dict[int, list[Any]] = {}
+        self._scan: list[tuple[int, str | None]] | None = None
+
+    def text(self, keyword: str) -> str:
+        """``str(ds.keyword)`` stripped, '' when absent or empty."""
+        if keyword not in self._text:
+            self._text[keyword] = str(self.ds.get(keyword, "") or "").strip()
+        return self._text[keyword]
+
+    def has_creator(self, group: int, creator: str) -> bool:
+        """Whether a private block of ``creator`` exists in ``group`` (as ``Dataset.private_block``)."""
+        values = self._creators.get(group)
+        if values is None:
+            # the same slice and comparison pydicom's private_block uses
+            values = self._creators[group] = [el.value for el in self.ds[(group, 0x10):(group, 0x100)]]
+        return any(v == creator for v in values)
+
+    def scan(self) -> list[tuple[int, str | None]]:
+        """``(tag, VR)`` of the top-level public elements a fix rule may look at, in dataset order.
+
+        The VR is the one decoding would give (None when only decoding can tell: explicit UN).
+        """
+        if self._scan is None:
+            self._scan = []
+            for tag in list(self.ds.keys()):
+                tag = int(tag)
+                if tag & 0x10000 or tag >> 16 in (0x0002, 0xFFFE) or tag in _PROTECTED_TAGS:
+                    continue  # private (odd group), file meta, delimiters, protected
+                self._scan.append((tag, _vr_of(self.ds, tag)))
+        return self._scan
+
+
+def _vr_of(ds: Dataset, tag: int) -> str | None:
+    """The VR ``ds[tag]`` would have, without decoding the element; None if decoding must decide.
+
+    Mirrors pydicom's ``raw_element_vr`` hook for public tags: implicit VR takes the dictionary's
+    (an unknown tag becomes UL for group lengths, else UN), an explicit VR other than UN is kept.
+    Ambiguous dictionary VRs (``US or SS``...) are returned as they are; none is a text VR.
+    """
+    element = ds.get_item(tag)
+    vr = element.VR
+    if not element.is_raw:
+        return vr
+    if vr is None:
+        try:
+            return dictionary_VR(tag)
+        except KeyError:
+            return "UL" if tag & 0xFFFF == 0 else "UN"
+    return None if vr == "UN" else vr
+
+
+def _has_value(ds: Dataset, ref: ElementRef, lookup: _Lookup | None = None) -> bool:
     """Present means present with a value: an empty Type 2 element is as good as absent."""
+    if isinstance(ref, PrivateRef) and lookup is not None and not lookup.has_creator(ref.group, ref.creator):
+        return False
     tag = ref.find(ds)
     if tag is None:
         return False
@@ -377,12 +449,16 @@ class Rule:
         return cls(rule_id, op, reason, Condition.parse(spec.get("when"), rule_id), params, on_error,
                    str(spec.get("description", "")))
 
-    def apply(self, ds: Dataset) -> list[Change]:
-        """Apply to ``ds`` if the condition holds; raises :class:`TransformError` naming the rule."""
-        if not self.when.holds(ds):
+    def apply(self, ds: Dataset, lookup: _Lookup | None = None) -> list[Change]:
+        """Apply to ``ds`` if the condition holds; raises :class:`TransformError` naming the rule.
+
+        ``lookup`` (from :meth:`RuleSet.apply`) must describe ``ds`` as it is now.
+        """
+        lookup = lookup if lookup is not None and lookup.ds is ds else _Lookup(ds)
+        if not self.when.holds(ds, lookup):
             return []
         try:
-            return _OPS[self.op](self, ds)
+            return _OPS[self.op](self, ds, lookup)
         except TransformError as exc:
             message = str(exc) if str(exc).startswith(f"rule {self.id}:") else f"rule {self.id}: {exc}"
             if self.on_error == "skip":
@@ -513,7 +589,7 @@ def _same(ds: Dataset, tag: int, value: Any) -> bool:
     return [str(v) for v in V.values_of(ds[tag].value)] == [str(v) for v in V.values_of(value)]
 
 
-def _op_set(rule: Rule, ds: Dataset) -> list[Change]:
+def _op_set(rule: Rule, ds: Dataset, lookup: _Lookup | None = None) -> list[Change]:
     ref: ElementRef = rule.params["element"]
     raw = rule.params["value"]
     value = None if raw is None else V.convert(
@@ -526,7 +602,7 @@ def _op_set(rule: Rule, ds: Dataset) -> list[Change]:
     return [_change(rule, ds, tag, ref, before, "set")]
 
 
-def _op_copy(rule: Rule, ds: Dataset) -> list[Change]:
+def _op_copy(rule: Rule, ds: Dataset, lookup: _Lookup | None = None) -> list[Change]:
     src: ElementRef = rule.params["from"]
     dst: ElementRef = rule.params["to"]
     src_tag = src.find(ds)
@@ -550,7 +626,7 @@ def _op_copy(rule: Rule, ds: Dataset) -> list[Change]:
     return changes
 
 
-def _op_delete(rule: Rule, ds: Dataset) -> list[Change]:
+def _op_delete(rule: Rule, ds: Dataset, lookup: _Lookup | None = None) -> list[Change]:
     ref: ElementRef = rule.params["element"]
     tag = ref.find(ds)
     if tag is None:
@@ -582,7 +658,7 @@ def _rewrite_text(rule: Rule, ds: Dataset, fn: Callable[[str], str]) -> list[Cha
     return [_change(rule, ds, tag, ref, before, rule.op)]
 
 
-def _op_map(rule: Rule, ds: Dataset) -> list[Change]:
+def _op_map(rule: Rule, ds: Dataset, lookup: _Lookup | None = None) -> list[Change]:
     mapping: dict[str, str] = rule.params["map"]
     default: str | None = rule.params["default"]
 
@@ -595,25 +671,49 @@ def _op_map(rule: Rule, ds: Dataset) -> list[Change]:
     return _rewrite_text(rule, ds, fn)
 
 
-def _op_regex(rule: Rule, ds: Dataset) -> list[Change]:
+def _op_regex(rule: Rule, ds: Dataset, lookup: _Lookup | None = None) -> list[Change]:
     pattern: re.Pattern[str] = rule.params["pattern"]
     replace, count = rule.params["replace"], rule.params["count"]
     return _rewrite_text(rule, ds, lambda v: pattern.sub(replace, v, count=count))
 
 
-def _candidates(rule: Rule, ds: Dataset) -> Iterable[tuple[int, ElementRef]]:
+def _candidates(rule: Rule, ds: Dataset, lookup: _Lookup) -> Iterable[tuple[int, ElementRef]]:
     """Top-level standard elements a fix rule looks at (private ones are never fixed)."""
     for ref in rule.params["elements"]:
         tag = ref.find(ds)
         if tag is not None:
             yield tag, ref
-    if rule.params["vrs"]:
-        for tag in list(ds.keys()):
-            tag = int(tag)
-            if BaseTag(tag).is_private or tag >> 16 in (0x0002, 0xFFFE) or tag in _PROTECTED_TAGS:
-                continue
-            if ds[tag].VR in rule.params["vrs"]:
+    vrs = rule.params["vrs"]
+    if vrs:
+        for tag, vr in lookup.scan():
+            if tag in ds and (vr in vrs or (vr is None and ds[tag].VR in vrs)):
                 yield tag, StandardRef(tag)
+
+
+def _raw_value(ds: Dataset, tag: int) -> bytes | None:
+    """The undecoded bytes of ``ds[tag]`` (b'' for an empty one), None once it has been decoded."""
+    element = ds.get_item(tag)
+    if not element.is_raw:
+        return None
+    return element.value or b""
+
+
+def _fits(raw: bytes, vr: str) -> bool:
+    """Whether a raw value is certainly within ``vr``'s length limit: decoding yields at most one
+    character per byte, so a value of at most ``limit`` bytes cannot hold a longer value (for PN,
+    a longer component group)."""
+    return len(raw) <= V.MAX_LENGTH[vr]
+
+
+def _valid_raw_datetime(raw: bytes, vr: str) -> bool:
+    """Whether a raw DA/TM/DT value certainly holds only valid values (False: decode and check)."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    if "\0" in text:
+        return False
+    return all(V.is_valid_datetime(v, vr) for v in text.split("\\"))
 
 
 def _encoded(ds: Dataset, element: DataElement) -> bytes:
@@ -622,9 +722,13 @@ def _encoded(ds: Dataset, element: DataElement) -> bytes:
     return encode_string("\\".join(vals), convert_encodings(ds.get("SpecificCharacterSet")))
 
 
-def _op_truncate(rule: Rule, ds: Dataset) -> list[Change]:
+def _op_truncate(rule: Rule, ds: Dataset, lookup: _Lookup | None = None) -> list[Change]:
     changes = []
-    for tag, ref in _candidates(rule, ds):
+    lookup = lookup or _Lookup(ds)
+    for tag, ref in _candidates(rule, ds, lookup):
+        raw, vr = _raw_value(ds, tag), _vr_of(ds, tag)
+        if raw is not None and vr in V.TRUNCATABLE_VRS and _fits(raw, vr):
+            continue  # short enough as read: no need to decode it
         element = ds[tag]
         if element.VR not in V.TRUNCATABLE_VRS or isinstance(element.value, bytes):
             continue
@@ -644,9 +748,13 @@ def _op_truncate(rule: Rule, ds: Dataset) -> list[Change]:
     return changes
 
 
-def _op_normalize_datetime(rule: Rule, ds: Dataset) -> list[Change]:
+def _op_normalize_datetime(rule: Rule, ds: Dataset, lookup: _Lookup | None = None) -> list[Change]:
     changes = []
-    for tag, ref in _candidates(rule, ds):
+    lookup = lookup or _Lookup(ds)
+    for tag, ref in _candidates(rule, ds, lookup):
+        raw, vr = _raw_value(ds, tag), _vr_of(ds, tag)
+        if raw is not None and vr in V.DATETIME_VRS and _valid_raw_datetime(raw, vr):
+            continue  # valid as read: no need to decode it
         element = ds[tag]
         if element.VR not in V.DATETIME_VRS:
             continue
@@ -670,7 +778,7 @@ def _op_normalize_datetime(rule: Rule, ds: Dataset) -> list[Change]:
     return changes
 
 
-_OPS: dict[str, Callable[[Rule, Dataset], list[Change]]] = {
+_OPS: dict[str, Callable[[Rule, Dataset, _Lookup | None], list[Change]]] = {
     "set": _op_set, "copy": _op_copy, "move": _op_copy, "delete": _op_delete, "map-value": _op_map,
     "regex": _op_regex, "truncate": _op_truncate, "normalize-datetime": _op_normalize_datetime,
 }
@@ -715,20 +823,45 @@ class RuleSet:
 
     @classmethod
     def from_yaml(cls, path: Path) -> RuleSet:
-        """Load and validate a rule file."""
+        """Load and validate a rule file.
+
+        Parsed rule sets are kept per process, keyed by path and file content, so a worker
+        transforming many studies parses the file once; an edited file is parsed again. Rule
+        sets are not changed by :meth:`apply`, so sharing one is safe.
+        """
         path = Path(path)
         try:
-            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
             raise TransformError(f"{path}: cannot read rule file: {exc}") from exc
-        return cls.from_dict(spec, str(path))
+        key = (str(path), text)
+        cached = _PARSED.get(key)
+        if cached is not None:
+            return cached
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise TransformError(f"{path}: cannot read rule file: {exc}") from exc
+        rules = cls.from_dict(spec, str(path))
+        if len(_PARSED) >= 8:
+            _PARSED.clear()
+        _PARSED[key] = rules
+        return rules
 
     def apply(self, ds: Dataset) -> list[Change]:
         """Apply every rule in order to ``ds`` (in place); returns the changes in order."""
         changes: list[Change] = []
+        lookup = _Lookup(ds)
         for rule in self.rules:
-            changes.extend(rule.apply(ds))
+            new = rule.apply(ds, lookup)
+            if new:
+                changes.extend(new)
+                lookup = _Lookup(ds)  # the dataset changed: earlier answers may be stale
         return changes
+
+
+#: Rule sets parsed by :meth:`RuleSet.from_yaml`, by (path, content).
+_PARSED: dict[tuple[str, str], RuleSet] = {}
 
 
 def default_rules_path() -> Path:

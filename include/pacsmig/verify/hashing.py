@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from pacsmig.errors import VerifyError
 
@@ -80,9 +81,57 @@ def raw_pixel_hash(ds: Dataset) -> str:
     return NO_PIXELS
 
 
+#: Image Pixel elements pydicom reads to decode (``pydicom.pixels.utils.as_pixel_options``),
+#: plus the Extended Offset Table that locates encapsulated frames.
+DECODE_TAGS = (0x00280002, 0x00280004, 0x00280006, 0x00280008, 0x00280010, 0x00280011, 0x00280100,
+               0x00280101, 0x00280103, 0x7FE00001, 0x7FE00002)
+
+
+def pixel_decode_inputs(ds: Dataset) -> tuple[tuple[int, str], ...]:
+    """Every header value besides the pixel bytes and transfer syntax that :func:`pixel_hash` depends on.
+
+    Two datasets with equal ``pixel_decode_inputs``, the same transfer syntax and the same pixel
+    element (keyword and bytes) decode to the same frames, hence the same pixel hash. Values are
+    compared parsed (so implicit and explicit VR encodings of one value agree); a value that
+    cannot be parsed is compared by its stored bytes.
+    """
+    out = []
+    for tag in DECODE_TAGS:
+        if tag not in ds:
+            continue
+        try:
+            elem = ds[tag]
+            value = elem.value
+            text = bytes(value).hex() if isinstance(value, bytes | bytearray) else repr(value)
+            out.append((tag, f"{elem.VR}:{text}"))
+        except Exception:  # noqa: BLE001 - an unparsable value is compared as stored
+            raw = ds.get_item(tag)
+            out.append((tag, f"raw:{bytes(raw.value or b'').hex()}"))
+    return tuple(out)
+
+
 def hash_instance(source: bytes | Path | Dataset) -> InstanceHashes:
     """All hashes of one instance (raises :class:`VerifyError` if its pixels cannot be decoded)."""
     ds, data = _read(source)
+    return _hashes(ds, data)
+
+
+def hashes_if_native(ds: Dataset, data: bytes) -> InstanceHashes | None:
+    """:func:`hash_instance` of Part 10 ``data`` already parsed as ``ds``, unless it needs a decoder.
+
+    The storage SCP has the received bytes parsed anyway; for native (uncompressed) pixels the
+    hashes cost little more there and save :func:`hash_instance` a second read and parse. For
+    compressed pixels it returns None: decoding is left to the (parallel) extract step. The result
+    equals ``hash_instance(data)``: the same functions applied to the same bytes.
+    """
+    tsuid = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "") if hasattr(ds, "file_meta") else ""
+    uid = UID(tsuid)
+    if not uid.is_transfer_syntax or ("PixelData" in ds and uid.is_compressed):
+        return None
+    return _hashes(ds, data)
+
+
+def _hashes(ds: Dataset, data: bytes | None) -> InstanceHashes:
     tsuid = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "") if hasattr(ds, "file_meta") else ""
     return InstanceHashes(
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),

@@ -13,7 +13,7 @@ from typing import Any
 HASH_REPORT_COLUMNS = [
     "study_instance_uid", "sop_instance_uid", "source_pixel_hash", "target_pixel_hash", "match",
     "source_raw_hash", "target_raw_hash", "source_frames", "target_frames",
-    "source_transfer_syntax", "target_transfer_syntax", "status", "detail",
+    "source_transfer_syntax", "target_transfer_syntax", "status", "detail", "method",
 ]
 STUDY_REPORT_COLUMNS = [
     "study_instance_uid", "accession_number", "study_date", "modalities", "state", "result",
@@ -33,7 +33,7 @@ def write_hash_report(rows: list[dict[str, Any]], path: Path) -> Path:
         ("source_raw_hash", pa.string()), ("target_raw_hash", pa.string()),
         ("source_frames", pa.int32()), ("target_frames", pa.int32()),
         ("source_transfer_syntax", pa.string()), ("target_transfer_syntax", pa.string()),
-        ("status", pa.string()), ("detail", pa.string()),
+        ("status", pa.string()), ("detail", pa.string()), ("method", pa.string()),
     ])
     table = pa.Table.from_pylist([{c: r.get(c) for c in HASH_REPORT_COLUMNS} for r in rows], schema=schema)
     tmp = path.with_suffix(".parquet.tmp")

@@ -112,7 +112,7 @@ def _save_results(ledger: Ledger, results: list[InstanceResult]) -> None:
 
     cols = ["study_instance_uid", "sop_instance_uid", "status", "source_pixel_hash", "target_pixel_hash",
             "source_raw_hash", "target_raw_hash", "source_frames", "target_frames",
-            "source_transfer_syntax", "target_transfer_syntax", "detail"]
+            "source_transfer_syntax", "target_transfer_syntax", "detail", "method"]
     rows = [tuple(r.as_row()[c] for c in cols) for r in results]
     with ledger.transaction() as cur:
         psycopg2.extras.execute_values(
@@ -133,7 +133,9 @@ def verify_studies(ledger: Ledger, target: ConnectionSpec, study_uids: list[str]
     """Read back every not-yet-verified instance of ``study_uids`` from ``target``; returns counts.
 
     The target is asked which instances it holds (one listing per study); those it does not list
-    are ``missing_at_target`` without a fetch. Results are saved chunk by chunk.
+    are ``missing_at_target`` without a fetch. A destination that streams whole series is not
+    listed up front: the series answers show what it holds, and only studies with an instance
+    missing from them are listed (:func:`readback.verify_chunk`). Results are saved chunk by chunk.
     """
     if not study_uids:
         return {}
@@ -146,19 +148,20 @@ def verify_studies(ledger: Ledger, target: ConnectionSpec, study_uids: list[str]
         (study_uids, list(MIGRATED_STATES), recheck))
     changes = recorded_changes(ledger, study_uids)
     dest = readback.open_target(target)
+    listed_later = readback.streams_series(dest)
     present: dict[str, dict[str, str]] = {}
     tasks: list[InstanceTask] = []
     missing: list[InstanceResult] = []
     for row in rows:
         study = row["study_instance_uid"]
-        if study not in present:
+        if study not in present and not listed_later:
             present[study] = dict(dest.instances(study))
         task = InstanceTask(
-            study, present[study].get(row["sop_instance_uid"]) or row["series_instance_uid"] or "",
+            study, present.get(study, {}).get(row["sop_instance_uid"]) or row["series_instance_uid"] or "",
             row["sop_instance_uid"], row["source_pixel_hash"], row["source_raw_hash"],
             row["number_of_frames"], row["transfer_syntax_uid"], row["staged_path"],
             tuple(changes.get(row["sop_instance_uid"], ())))
-        if row["sop_instance_uid"] in present[study]:
+        if listed_later or row["sop_instance_uid"] in present[study]:
             tasks.append(task)
         else:
             missing.append(readback.missing(task))
@@ -202,7 +205,7 @@ def finalize(ledger: Ledger, scope: Scope, source: DicomNode | None = None, out_
         """SELECT i.study_instance_uid, i.sop_instance_uid, i.source_pixel_hash, i.source_raw_hash,
                   i.number_of_frames, i.transfer_syntax_uid, i.target_status,
                   v.status, v.target_pixel_hash, v.target_raw_hash, v.target_frames,
-                  v.target_transfer_syntax, v.detail
+                  v.target_transfer_syntax, v.detail, v.method
            FROM instances i LEFT JOIN verification v USING (study_instance_uid, sop_instance_uid)
            WHERE i.study_instance_uid = ANY(%s)""", (uids,))
     quarantine = {(q["study_instance_uid"], q["sop_instance_uid"]): q for q in ledger.query(
@@ -250,6 +253,7 @@ def finalize(ledger: Ledger, scope: Scope, source: DicomNode | None = None, out_
                 "target_frames": row["target_frames"] if row else None,
                 "source_transfer_syntax": row["transfer_syntax_uid"] if row else None,
                 "target_transfer_syntax": row["target_transfer_syntax"] if row else None,
+                "method": (row["method"] if row and status != MISSING_AT_TARGET else None),
                 "status": status, "detail": "; ".join(x for x in [detail, *notes] if x),
             })
         study_rows.append(_decide(ledger, uid, study, src, counts, report_rows[first_row:], target_name,
@@ -330,7 +334,7 @@ def _save_accounted(ledger: Ledger, results: list[InstanceResult]) -> None:
         psycopg2.extras.execute_values(
             cur, "INSERT INTO verification (study_instance_uid, sop_instance_uid, status, source_pixel_hash, "
             "detail) VALUES %s ON CONFLICT (study_instance_uid, sop_instance_uid) DO UPDATE SET "
-            "status = EXCLUDED.status, detail = EXCLUDED.detail, target_pixel_hash = NULL, "
+            "status = EXCLUDED.status, detail = EXCLUDED.detail, target_pixel_hash = NULL, method = NULL, "
             "checked_at = now()",
             [(r.study_instance_uid, r.sop_instance_uid, r.status, r.source_pixel_hash, r.detail)
              for r in results])
