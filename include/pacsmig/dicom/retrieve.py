@@ -166,8 +166,12 @@ def _find(assoc: Association, query: Dataset) -> list[Dataset]:
 
 
 def _walk_study(node: DicomNode, study_instance_uid: str,
-                series_filter: str | None = None) -> dict[str, dict[str, str]]:
-    """Series UID -> {SOP UID: SOP Class UID}, walking SERIES then IMAGE level."""
+                series_filter: str | None = None, *, sop_classes: bool = True) -> dict[str, dict[str, str]]:
+    """Series UID -> {SOP UID: SOP Class UID}, walking SERIES then IMAGE level.
+
+    ``sop_classes=False`` leaves SOPClassUID out of the IMAGE query (the values are then ""):
+    sources that index only some instance attributes (Orthanc 1.10) read every file to answer it.
+    """
     out: dict[str, dict[str, str]] = {}
     with _find_association(node) as assoc:
         if series_filter:
@@ -185,7 +189,8 @@ def _walk_study(node: DicomNode, study_instance_uid: str,
             q.StudyInstanceUID = study_instance_uid
             q.SeriesInstanceUID = series_uid
             q.SOPInstanceUID = ""
-            q.SOPClassUID = ""
+            if sop_classes:
+                q.SOPClassUID = ""
             rows = _find(assoc, q)
             if node.find_cap and len(rows) >= node.find_cap:
                 logger.warning("series %s: C-FIND returned %d rows (the source's cap): the list may be "
@@ -207,7 +212,7 @@ def list_study_instances(node: DicomNode, study_instance_uid: str) -> dict[str, 
     DicomError
         The association failed or a C-FIND answered a failure status.
     """
-    walked = _walk_study(node, study_instance_uid)
+    walked = _walk_study(node, study_instance_uid, sop_classes=False)
     return {series: set(sops) for series, sops in walked.items()}
 
 
