@@ -49,5 +49,32 @@ def test_a_unit_migrates_its_studies_isolating_failures_and_resumes(
 
     # The retry of the same unit: finished studies are not redone, nothing is duplicated.
     again = migrate_unit(ctx, unit, "pacs_migrate/run/0")
-    assert set(again.failed) == {bogus} and again.done == result.done
+    assert set(again.failed) == {bogus} and again.done == []
+    assert set(result.done) <= set(again.skipped)                       # finished: left as they are
     assert target_archive.count("instances") == expected
+
+
+def test_an_idle_task_takes_over_unclaimed_studies_and_nothing_is_done_twice(
+        ledger_dsn: str, legacy_node, target_archive: OrthancServer, planned, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    from pacsmig.migrate.pipeline import select_studies
+
+    truth = planned
+    target_archive.reset()
+    matched = [s for s in truth.studies if s.mpi_patient_id][:4]
+    uids = [s.study_instance_uid for s in matched]
+    ctx = context(ledger_dsn, legacy_node, target_archive, tmp_path)
+
+    def steal() -> list[dict]:
+        with Ledger(ledger_dsn) as ledger:
+            return [s for s in select_studies(ledger, all_queued=True, include_held=False, unclaimed_only=True)
+                    if s["study_instance_uid"] in uids]
+
+    # Unit A holds one study, unit B three; A runs first, finishes, and takes B's over (tail first).
+    a = migrate_unit(ctx, [{"study_instance_uid": uids[0], "label": "a"}], "run/0", steal=steal)
+    assert a.done[0] == uids[0] and sorted(a.stolen) == sorted(uids[1:]) and not a.failed
+    b = migrate_unit(ctx, [{"study_instance_uid": u, "label": "b"} for u in uids[1:]], "run/1", steal=steal)
+    assert b.done == [] and sorted(b.skipped) == sorted(uids[1:]) and not b.failed
+    assert target_archive.count("instances") == sum(s.n_instances for s in matched)
+    with Ledger(ledger_dsn) as ledger:
+        rows = ledger.query("SELECT state, claimed_by FROM studies WHERE study_instance_uid = ANY(%s)", (uids,))
+    assert {(r["state"], r["claimed_by"]) for r in rows} == {("loaded", None)}

@@ -12,13 +12,16 @@ Packing never changes what is migrated or how: every study still goes through th
 steps (claim → extract → transform → load → release), each its own transaction with its custody
 entry, so a retried unit resumes each study where the ledger says it stopped and never repeats a
 finished one. A failing study does not stop the others of its unit; the unit fails at the end,
-naming the failed studies by UID, and Airflow's retry picks up only what is unfinished.
+naming the failed studies by UID, and Airflow's retry picks up only what is unfinished. A packed
+task that runs out of studies takes over the run's unclaimed ones (``steal``), so the run ends
+when the work does, not when the slowest pack does.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,34 +75,49 @@ class UnitResult:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    #: Studies of other units of the run this task took over (also in ``done``).
+    stolen: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {"studies_done": len(self.done), "studies_claimed_elsewhere": len(self.skipped),
-                "studies_failed": len(self.failed), "failed": self.failed}
+        return {"studies_done": len(self.done), "studies_taken_over": len(self.stolen),
+                "studies_claimed_elsewhere": len(self.skipped), "studies_failed": len(self.failed),
+                "failed": self.failed}
 
 
-def migrate_unit(ctx: Any, studies: list[dict[str, Any]], token: str, *, final_attempt: bool = True
-                 ) -> UnitResult:
+def migrate_unit(ctx: Any, studies: list[dict[str, Any]], token: str, *, final_attempt: bool = True,
+                 steal: Callable[[], list[dict[str, Any]]] | None = None) -> UnitResult:
     """Migrate each study of the unit in order: claim, extract, transform, load, release.
 
     A study claimed by another run is left to it. A study whose step raises keeps its claim (this
     unit's retry resumes it; the lease expires otherwise) and the next study goes on.
     ``final_attempt`` is passed to the steps, which quarantine instead of re-queueing on the last try.
+
+    ``steal``: when the unit's own studies are done, take over studies of the same run that no
+    task has claimed yet (``steal()`` lists them), lowest priority first, until none is left, so
+    no task idles while another still has a queue (image counts are only a proxy for time). The
+    claim is the same row lock as always: a study is migrated by one task, whichever gets it;
+    its owner finds it claimed (or finished) and moves on. Each study is tried once per task.
     """
     from pacsmig.migrate.pipeline import claim, extract_study, load_study, release, transform_study
 
     result = UnitResult()
-    for study in studies:
-        uid = study["study_instance_uid"]
+    tried: set[str] = set()
+
+    def run(uid: str) -> bool:
+        tried.add(uid)
         with Ledger(ctx.ledger_dsn) as ledger:
-            if ledger.study(uid) is None:
+            row = ledger.study(uid)
+            if row is None:
                 result.failed[uid] = "LedgerError: the study is not in the ledger (run pacs_plan first)"
                 log.warning("study %s is not in the ledger", uid)
-                continue
+                return False
+            if row["state"] in ("loaded", "verified", "review"):  # finished by a task that took it over
+                result.skipped.append(uid)
+                return False
             if not claim(ledger, uid, token):
                 log.info("study %s is claimed by another run: left to it", uid)
                 result.skipped.append(uid)
-                continue
+                return False
         try:
             extract_study(ctx, uid, final_attempt=final_attempt)
             transform_study(ctx, uid)
@@ -107,8 +125,20 @@ def migrate_unit(ctx: Any, studies: list[dict[str, Any]], token: str, *, final_a
         except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the unit
             result.failed[uid] = f"{type(exc).__name__}: {exc}"[:500]
             log.warning("study %s failed: %s", uid, result.failed[uid])
-            continue
+            return False
         with Ledger(ctx.ledger_dsn) as ledger:
             release(ledger, uid, token)
         result.done.append(uid)
+        return True
+
+    for study in studies:
+        run(study["study_instance_uid"])
+    while steal is not None:
+        candidates = [s["study_instance_uid"] for s in reversed(steal()) if s["study_instance_uid"] not in tried]
+        if not candidates:
+            break
+        for uid in candidates:
+            if uid not in tried and run(uid):
+                result.stolen.append(uid)
+    # A study taken over by another task shows up here as skipped: not this task's failure.
     return result

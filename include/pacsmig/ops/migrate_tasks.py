@@ -49,13 +49,14 @@ def migrate_task(priority_weight: int = 1) -> Any:
         context["unit_label"] = str(unit["label"])  # type: ignore[typeddict-unknown-key]
         ti = context["ti"]
         final = ti.try_number > int(context["task"].retries or 0)
-        result = migrate_unit(migration_context(), unit["studies"], f"{ti.dag_id}/{ti.run_id}/{ti.map_index}",
-                              final_attempt=final)
+        ctx = migration_context()
+        result = migrate_unit(ctx, unit["studies"], f"{ti.dag_id}/{ti.run_id}/{ti.map_index}",
+                              final_attempt=final, steal=_stealer(ctx, unit.get("partition")))
         if result.failed:
             raise MigrationError(f"{len(result.failed)} of {len(unit['studies'])} studies of this task failed "
                                  f"(the retry resumes them): {result.failed}")
         if not result.done and result.skipped:
-            raise AirflowSkipException(f"all {len(result.skipped)} studies are claimed by another run")
+            raise AirflowSkipException(f"all {len(result.skipped)} studies were taken by other tasks or runs")
         return result.summary()
 
     return migrate
@@ -83,6 +84,26 @@ def partition_from_context() -> dict[str, Any]:
     else:
         part["all_queued"] = part["all_queued"] or not part["patient_id"] and not part["undated"]
     return part
+
+
+def _stealer(ctx: Any, partition: dict[str, Any] | None) -> Any:
+    """For a packed unit: a function listing the run's studies no task has claimed yet."""
+    if not partition:
+        return None
+    from datetime import date
+
+    from pacsmig.ledger import Ledger
+    from pacsmig.migrate.pipeline import select_studies
+
+    part = {k: (date.fromisoformat(v) if k in ("date_from", "date_to") and v else v) for k, v in partition.items()}
+    # Held and quarantined studies are their own unit's business (never retried by a bystander).
+    part.update(include_held=False, retry_quarantined=False, unclaimed_only=True)
+
+    def steal() -> list[dict[str, Any]]:
+        with Ledger(ctx.ledger_dsn) as led:
+            return select_studies(led, **part)
+
+    return steal
 
 
 def images_per_task() -> int:
@@ -113,6 +134,9 @@ def select_for_run(max_map_length: int | None = None, lanes: int | None = None) 
     units = pack_units([{"study_instance_uid": s["study_instance_uid"], "label": s["label"],
                          "n_instances": s.get("n_instances")} for s in studies],
                        images_per_task=per_task, lanes=lanes, max_units=max_map_length)
+    if per_task > 0:  # packed units may take over each other's studies: they need the partition
+        partition = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in part.items()}
+        units = [{**u, "partition": partition} for u in units]
     mapped = sum(len(u["studies"]) for u in units)
     if mapped < len(studies):
         logging.getLogger(__name__).warning(
