@@ -557,11 +557,14 @@ BULK_IMAGES_PER_TASK = 2000
 
 
 def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer, *,
-                       images_per_task: int = BULK_IMAGES_PER_TASK, name: str = "c_engine_airflow"
-                       ) -> dict[str, Any]:
+                       images_per_task: int = BULK_IMAGES_PER_TASK, heartbeat_s: int = 5,
+                       name: str = "c_engine_airflow") -> dict[str, Any]:
     """pacs_plan -> pacs_migrate (all_queued) -> pacs_validate, on a real scheduler (LocalExecutor).
 
-    ``images_per_task``: pacs_migrate's Param (0 = one task per study, the DAG's default)."""
+    ``images_per_task``: pacs_migrate's Param (0 = one task per study, the DAG's default).
+    ``heartbeat_s``: ``[workers] min_heartbeat_interval``. Airflow's default, 5 s, suits long packed
+    tasks (each running task's supervisor heartbeats the api-server that often: CPU taken from the
+    engine on a small machine); 1 s halves the start-up latency that one-task-per-study pays."""
     from pacsmig.ledger import create_database
     from testbed.airflow_stack import AirflowStack
 
@@ -574,6 +577,7 @@ def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer,
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "64",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
             "PACSMIG_SOURCE_POOL": "legacy_pacs",
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(heartbeat_s),
         }
     )
     home = work / f"airflow_{letter}"
@@ -635,6 +639,7 @@ def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer,
         ledger=outcome,
         parallelism=PARALLEL,
         images_per_task=images_per_task,
+        min_heartbeat_interval_s=heartbeat_s,
     )
     _cleanup(work, letter, dsn)
     if not os.environ.get("PACSMIG_BENCH_KEEP"):
@@ -645,4 +650,5 @@ def run_engine_airflow(archive: BenchArchive, work: Path, legacy: OrthancServer,
 
 def run_engine_airflow_per_study(archive: BenchArchive, work: Path, legacy: OrthancServer) -> dict[str, Any]:
     """Path (c) with pacs_migrate's default: one task per study."""
-    return run_engine_airflow(archive, work, legacy, images_per_task=0, name="e_engine_airflow_per_study")
+    return run_engine_airflow(archive, work, legacy, images_per_task=0, heartbeat_s=1,
+                              name="e_engine_airflow_per_study")
