@@ -66,7 +66,7 @@ def test_an_idle_task_takes_over_unclaimed_studies_and_nothing_is_done_twice(
 
     def steal() -> list[dict]:
         with Ledger(ledger_dsn) as ledger:
-            return [s for s in select_studies(ledger, all_queued=True, include_held=False, unclaimed_only=True)
+            return [s for s in select_studies(ledger, all_queued=True, include_held=False, claimable_by="run/0")
                     if s["study_instance_uid"] in uids]
 
     # Unit A holds one study, unit B three; A runs first, finishes, and takes B's over (tail first).
@@ -78,3 +78,18 @@ def test_an_idle_task_takes_over_unclaimed_studies_and_nothing_is_done_twice(
     with Ledger(ledger_dsn) as ledger:
         rows = ledger.query("SELECT state, claimed_by FROM studies WHERE study_instance_uid = ANY(%s)", (uids,))
     assert {(r["state"], r["claimed_by"]) for r in rows} == {("loaded", None)}
+
+
+def test_a_task_retry_resumes_the_studies_it_took_over_and_no_one_else_takes_them(
+        ledger_dsn: str, planned) -> None:  # noqa: ANN001, F811
+    from pacsmig.migrate.pipeline import select_studies
+
+    uid = planned.studies[0].study_instance_uid
+    with Ledger(ledger_dsn) as ledger:   # task run/0 took the study over, then its step failed
+        assert claim(ledger, uid, "run/0")
+
+        def listed(token: str) -> bool:
+            return uid in {s["study_instance_uid"] for s in select_studies(
+                ledger, all_queued=True, include_held=False, claimable_by=token)}
+
+        assert listed("run/0") and not listed("run/1")

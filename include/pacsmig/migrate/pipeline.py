@@ -62,17 +62,19 @@ class MigrationContext:
 def select_studies(ledger: Ledger, *, date_from: date | None = None, date_to: date | None = None,
                    patient_id: str | None = None, undated: bool = False, all_queued: bool = False,
                    retry_quarantined: bool = False, include_held: bool = True,
-                   unclaimed_only: bool = False) -> list[dict[str, Any]]:
+                   claimable_by: str | None = None) -> list[dict[str, Any]]:
     """The partition's studies still to migrate, highest priority and newest first.
 
     ``date_to`` is exclusive (a data interval end). ``patient_id`` matches the local ID or the MPI ID.
-    ``unclaimed_only``: only studies no run holds a claim on (what an idle task may take over).
+    ``claimable_by``: only studies no run holds a claim on, or that this claim token holds (what
+    an idle task may take over, and what its retry must resume).
     """
     states = list(ACTIVE_STATES) + (["held"] if include_held else []) + \
         (["quarantined"] if retry_quarantined else [])
     where, params = ["state = ANY(%s)"], [states]
-    if unclaimed_only:
-        where.append("claimed_by IS NULL")
+    if claimable_by is not None:
+        where.append("(claimed_by IS NULL OR claimed_by = %s)")
+        params.append(claimable_by)
     if patient_id:
         where.append("(patient_id = %s OR mpi_patient_id = %s OR (issuer_of_patient_id, patient_id) IN "
                      "(SELECT NULLIF(issuer_of_patient_id, ''), patient_id FROM mpi_crosswalk "

@@ -49,9 +49,9 @@ def migrate_task(priority_weight: int = 1) -> Any:
         context["unit_label"] = str(unit["label"])  # type: ignore[typeddict-unknown-key]
         ti = context["ti"]
         final = ti.try_number > int(context["task"].retries or 0)
-        ctx = migration_context()
-        result = migrate_unit(ctx, unit["studies"], f"{ti.dag_id}/{ti.run_id}/{ti.map_index}",
-                              final_attempt=final, steal=_stealer(ctx, unit.get("partition")))
+        ctx, token = migration_context(), f"{ti.dag_id}/{ti.run_id}/{ti.map_index}"
+        result = migrate_unit(ctx, unit["studies"], token, final_attempt=final,
+                              steal=_stealer(ctx, unit.get("partition"), token))
         if result.failed:
             raise MigrationError(f"{len(result.failed)} of {len(unit['studies'])} studies of this task failed "
                                  f"(the retry resumes them): {result.failed}")
@@ -86,8 +86,9 @@ def partition_from_context() -> dict[str, Any]:
     return part
 
 
-def _stealer(ctx: Any, partition: dict[str, Any] | None) -> Any:
-    """For a packed unit: a function listing the run's studies no task has claimed yet."""
+def _stealer(ctx: Any, partition: dict[str, Any] | None, token: str) -> Any:
+    """For a packed unit: a function listing the run's studies no task has claimed yet (or that
+    this task claimed on an earlier try and must resume)."""
     if not partition:
         return None
     from datetime import date
@@ -97,7 +98,7 @@ def _stealer(ctx: Any, partition: dict[str, Any] | None) -> Any:
 
     part = {k: (date.fromisoformat(v) if k in ("date_from", "date_to") and v else v) for k, v in partition.items()}
     # Held and quarantined studies are their own unit's business (never retried by a bystander).
-    part.update(include_held=False, retry_quarantined=False, unclaimed_only=True)
+    part.update(include_held=False, retry_quarantined=False, claimable_by=token)
 
     def steal() -> list[dict[str, Any]]:
         with Ledger(ctx.ledger_dsn) as led:
