@@ -58,8 +58,8 @@ def _by_sop(sequence: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return {str(_first(item.get(_SOP_INSTANCE))): item for item in (sequence or {}).get("Value") or []}
 
 
-def parse_multipart(content_type: str, body: bytes) -> list[bytes]:
-    """The bodies of a ``multipart/related`` message (Content-Length honoured when given)."""
+def _delimiter(content_type: str) -> bytes:
+    """The part delimiter (``--`` + boundary) of a ``multipart/related`` Content-Type."""
     params = dict(
         (p.split("=", 1)[0].strip().lower(), p.split("=", 1)[1].strip().strip('"'))
         for p in content_type.split(";")[1:] if "=" in p
@@ -67,7 +67,12 @@ def parse_multipart(content_type: str, body: bytes) -> list[bytes]:
     boundary = params.get("boundary")
     if not boundary:
         raise ValueError("multipart answer without boundary")
-    delimiter = b"--" + boundary.encode()
+    return b"--" + boundary.encode()
+
+
+def parse_multipart(content_type: str, body: bytes) -> list[bytes]:
+    """The bodies of a ``multipart/related`` message (Content-Length honoured when given)."""
+    delimiter = _delimiter(content_type)
     parts: list[bytes] = []
     pos = body.find(delimiter)
     while pos >= 0:
@@ -101,14 +106,7 @@ def iter_multipart(content_type: str, chunks: Iterable[bytes]) -> Iterator[bytes
     consumed bytes are dropped from the front of one buffer. A part cut short by the end of the
     stream is not yielded.
     """
-    params = dict(
-        (p.split("=", 1)[0].strip().lower(), p.split("=", 1)[1].strip().strip('"'))
-        for p in content_type.split(";")[1:] if "=" in p
-    )
-    boundary = params.get("boundary")
-    if not boundary:
-        raise ValueError("multipart answer without boundary")
-    delimiter = b"--" + boundary.encode()
+    delimiter = _delimiter(content_type)
     source = iter(chunks)
     buf = bytearray()
 
