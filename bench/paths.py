@@ -12,7 +12,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -25,7 +24,7 @@ import requests
 
 from bench.archive import BenchArchive
 from bench.procstats import ProcessSampler, default_classifier
-from testbed.orthanc import OrthancServer, free_port
+from testbed.orthanc import OrthancServer, free_port, wait_port
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +33,6 @@ PG_ADMIN = os.environ.get("PACSMIG_BENCH_PG", "postgresql://postgres@127.0.0.1:5
 PARALLEL = 4
 #: Orthanc slows past ~20 studies per /modalities/x/store request.
 ORTHANC_STUDIES_PER_REQUEST = 20
-
-
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
 def _result(
@@ -89,7 +78,7 @@ def run_dcmtk(archive: BenchArchive, work: Path, legacy: OrthancServer) -> dict[
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_port(port)
+        wait_port(port)
         jobs = _storescu_jobs(archive.files, port)
         sampler = ProcessSampler(default_classifier({legacy.process.pid: "orthanc_source"})).start()
         with ThreadPoolExecutor(PARALLEL) as pool:

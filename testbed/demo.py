@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from testbed.orthanc import OrthancServer, free_port
+from testbed.orthanc import OrthancServer, free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(subprocess.Popen([str(BIN / "pacsmig"), "adt-listener", "--host", "127.0.0.1",
                                        "--port", str(adt_port)], env=env, stdout=adt_log,
                                       stderr=subprocess.STDOUT))
-        _wait_port(adt_port)
+        try:
+            wait_port(adt_port, interval=0.2)
+        except RuntimeError:
+            raise SystemExit(f"ADT listener did not open port {adt_port}") from None
 
         t = step("Phase 1: pacs_audit (C-FIND inventory, ID health, private tags, assessment)")
         run([airflow, "dags", "test", "pacs_audit"], env, logs / "pacs_audit.log")
@@ -154,18 +157,6 @@ def main(argv: list[str] | None = None) -> int:
         legacy.stop()
         target.stop()
     return 0
-
-
-def _wait_port(port: int, timeout: float = 20) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise SystemExit(f"ADT listener did not open port {port}")
 
 
 def _print_ledger(dsn: str, truth: object, target: OrthancServer) -> None:

@@ -25,6 +25,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_port(port: int, timeout: float = 20.0, interval: float = 0.05) -> None:
+    """Until something listens on ``port`` on loopback; RuntimeError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(interval)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
 @dataclass
 class OrthancServer:
     """One Orthanc instance with its own config, storage and ports.
