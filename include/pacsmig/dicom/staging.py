@@ -55,6 +55,7 @@ from pydicom.filereader import data_element_generator
 from pydicom.uid import UID
 
 from pacsmig.ledger import Reason
+from pacsmig.verify.hashing import hashes_if_native, pixel_keyword
 
 logger = logging.getLogger(__name__)
 
@@ -401,8 +402,7 @@ class StagingStore:
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError,
                 NotImplementedError, OSError) as exc:
             return None, f"unparseable: {type(exc).__name__}: {exc}"[:500], STATUS_CANNOT_UNDERSTAND
-        if "Rows" in ds and "Columns" in ds and not any(
-                k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if "Rows" in ds and "Columns" in ds and pixel_keyword(ds) is None:
             # An image whose pixels are missing: a transfer cut at an element boundary.
             return None, "image attributes present but no pixel data (truncated)", STATUS_CANNOT_UNDERSTAND
         missing = [k for k, v in values.items() if not is_valid_uid(str(v) if v is not None else None)]
@@ -626,8 +626,6 @@ class StagingStore:
 
 def _receive_hashes(parsed: _Parsed, encoded: bytes) -> dict[str, Any] | None:
     """The instance's hashes from the bytes in hand (native pixels only; see hashes_if_native)."""
-    from pacsmig.verify.hashing import hashes_if_native
-
     try:
         hashes = hashes_if_native(parsed.dataset, encoded)
     except Exception:  # noqa: BLE001 - the extract step hashes it again and reports the failure

@@ -30,9 +30,9 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import ExplicitVRBigEndian
 
 from pacsmig.errors import VerifyError
-from pacsmig.verify.hashing import pixel_hash, raw_pixel_hash
+from pacsmig.verify.hashing import PIXEL_DATA_ELEMENTS, pixel_hash, raw_pixel_hash
 
-_PIXEL_TAGS = {Tag(0x7FE0, 0x0010), Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009)}
+_PIXEL_TAGS = frozenset(Tag(t) for t in PIXEL_DATA_ELEMENTS)
 _IGNORED = {Tag(0xFFFC, 0xFFFC), Tag(0x0008, 0x0054), Tag(0x0008, 0x0056)}
 #: Differences listed in a detail at most (the rest are counted), to keep custody entries short.
 _MAX_LISTED = 8

@@ -24,6 +24,7 @@ from pacsmig.errors import TransformError
 from pacsmig.transform.mpi import Crosswalk, reconcile
 from pacsmig.transform.provenance import record_original_attributes
 from pacsmig.transform.rules import Change, RuleSet
+from pacsmig.verify.hashing import PIXEL_DATA_ELEMENTS, raw_pixel_hash
 
 if TYPE_CHECKING:
     import pandas
@@ -47,7 +48,7 @@ class TransformResult:
 
 
 #: Elements that may follow the header in a staged file and that no rule can reach (protected).
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_PIXEL_TAGS = frozenset(PIXEL_DATA_ELEMENTS)
 #: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
                        b"UV"})
@@ -155,7 +156,7 @@ def transform_instance(src: Path, dst: Path, *, rules: RuleSet | None, mpi_patie
         ds = _read(src)  # the remainder is not pixels only: rules must see the whole dataset
     sop_uid = str(ds.get("SOPInstanceUID", ""))
     original_issuer = copy.deepcopy(ds[_ISSUER]) if _ISSUER in ds else None
-    pixels_before = _pixel_bytes(ds) if tail is None else None
+    pixels_before = raw_pixel_hash(ds) if tail is None else None
     changes = apply_all(ds, rules, mpi_patient_id, mpi_issuer)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
@@ -167,7 +168,7 @@ def transform_instance(src: Path, dst: Path, *, rules: RuleSet | None, mpi_patie
             else:
                 record_original_attributes(ds, changes, when or datetime.now(UTC),
                                            original_issuer=original_issuer)
-                if tail is None and _pixel_bytes(ds) != pixels_before:
+                if tail is None and raw_pixel_hash(ds) != pixels_before:
                     raise TransformError(f"instance {sop_uid}: pixel data changed during transform (bug)")
                 if tail is not None and ds and int(max(ds.keys())) >= min(_PIXEL_TAGS):
                     raise TransformError(f"instance {sop_uid}: a change reached the pixel data (bug)")
@@ -296,13 +297,6 @@ def _pixel_tail(src: Path, header: StagedHeader) -> int | None:
         return None
     return header.tail_offset if pos == size else None
 
-
-def _pixel_bytes(ds: Dataset) -> str | None:
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if keyword in ds:
-            value = ds[keyword].value
-            return hashlib.sha256(value if isinstance(value, bytes) else bytes(value)).hexdigest()
-    return None
 
 
 def _cell(value: Any) -> Any:

@@ -48,9 +48,18 @@ def _read(source: bytes | Path | Dataset) -> tuple[Dataset, bytes | None]:
     return pydicom.dcmread(BytesIO(data), force=True), data
 
 
+#: The pixel data elements, tag -> keyword, in the order they are looked for.
+PIXEL_DATA_ELEMENTS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+
+
+def pixel_keyword(ds: Dataset) -> str | None:
+    """The keyword of the dataset's pixel data element, or None if it has none."""
+    return next((kw for kw in PIXEL_DATA_ELEMENTS.values() if kw in ds), None)
+
+
 def pixel_hash(ds: Dataset) -> str:
     """sha256 over the decoded frames (C order, dtype and shape included)."""
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if pixel_keyword(ds) is None:
         return NO_PIXELS
     try:
         arr = ds.pixel_array
@@ -74,11 +83,11 @@ def pixel_hash(ds: Dataset) -> str:
 
 def raw_pixel_hash(ds: Dataset) -> str:
     """sha256 of the PixelData element value as stored (encapsulated or native)."""
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if keyword in ds:
-            value = ds[keyword].value
-            return hashlib.sha256(value if isinstance(value, bytes) else bytes(value)).hexdigest()
-    return NO_PIXELS
+    keyword = pixel_keyword(ds)
+    if keyword is None:
+        return NO_PIXELS
+    value = ds[keyword].value
+    return hashlib.sha256(value if isinstance(value, bytes) else bytes(value)).hexdigest()
 
 
 #: Image Pixel elements pydicom reads to decode (``pydicom.pixels.utils.as_pixel_options``),

@@ -26,8 +26,10 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
+from pacsmig.verify.hashing import PIXEL_DATA_ELEMENTS
+
 #: Pixel elements, verified by hash rather than by header comparison.
-PIXEL_TAGS = frozenset({Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009), Tag(0x7FE0, 0x0010)})
+PIXEL_TAGS = frozenset(Tag(t) for t in PIXEL_DATA_ELEMENTS)
 TRAILING_PADDING = Tag(0xFFFC, 0xFFFC)
 ORIGINAL_ATTRIBUTES = Tag(0x0400, 0x0561)
 MODIFIED_ATTRIBUTES = Tag(0x0400, 0x0550)

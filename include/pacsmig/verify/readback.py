@@ -30,7 +30,15 @@ from pydicom.dataset import Dataset
 
 from pacsmig.config import ConnectionSpec
 from pacsmig.errors import LoadError, VerifyError
-from pacsmig.verify.hashing import DECODE_TAGS, NO_PIXELS, pixel_decode_inputs, pixel_hash, raw_pixel_hash
+from pacsmig.verify.hashing import (
+    DECODE_TAGS,
+    NO_PIXELS,
+    PIXEL_DATA_ELEMENTS,
+    pixel_decode_inputs,
+    pixel_hash,
+    pixel_keyword,
+    raw_pixel_hash,
+)
 from pacsmig.verify.headerdiff import ORIGINAL_ATTRIBUTES, header_diff, recorded_tags, summarise
 
 logger = logging.getLogger(__name__)
@@ -89,7 +97,7 @@ class InstanceResult:
 
 
 def _frames(ds: Dataset) -> int:
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if pixel_keyword(ds) is None:
         return 0
     return int(ds.get("NumberOfFrames", 1) or 1)
 
@@ -106,14 +114,9 @@ def missing(task: InstanceTask, detail: str = "not held by the target") -> Insta
     return _result(task, MISSING_AT_TARGET, detail)
 
 
-_PIXEL_TAGS = {0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData", 0x7FE00010: "PixelData"}
 #: Elements header_diff always sees in full: they decide how the others are decoded
 #: (character set, ambiguous US/SS VRs), or are compared by rule rather than by value.
 _HEADER_CONTEXT = frozenset({0x00080005, 0x00280100, 0x00280103, int(ORIGINAL_ATTRIBUTES)})
-
-
-def _pixel_keyword(ds: Dataset) -> str | None:
-    return next((kw for kw in ("FloatPixelData", "DoubleFloatPixelData", "PixelData") if kw in ds), None)
 
 
 def read_staged_header(path: str) -> tuple[Dataset, str | None]:
@@ -129,7 +132,7 @@ def read_staged_header(path: str) -> tuple[Dataset, str | None]:
     if len(tag) < 4 or encoding is None or encoding[1] is None:
         return ds, None
     group, element = struct.unpack("<HH" if encoding[1] else ">HH", tag)
-    return ds, _PIXEL_TAGS.get((group << 16) | element)
+    return ds, PIXEL_DATA_ELEMENTS.get((group << 16) | element)
 
 
 def _raw_identical(task: InstanceTask, ds: Dataset, tsuid: str, raw_hash: str,
@@ -151,7 +154,7 @@ def _raw_identical(task: InstanceTask, ds: Dataset, tsuid: str, raw_hash: str,
         and task.source_transfer_syntax and tsuid == task.source_transfer_syntax
         and getattr(source, "file_meta", {}).get("TransferSyntaxUID") == tsuid
         and raw_hash == task.source_raw_hash
-        and _pixel_keyword(ds) == source_keyword
+        and pixel_keyword(ds) == source_keyword
         and (all(_same_element(ds.get_item(t), source.get_item(t)) for t in DECODE_TAGS)
              or pixel_decode_inputs(ds) == pixel_decode_inputs(source)))
 
