@@ -149,7 +149,7 @@ def _hash_many(paths: list[Path], workers: int) -> list[InstanceHashes | VerifyE
         return list(pool.map(_hash_or_error, paths, chunksize=16))
 
 
-def _receive_hashes(rec: Any) -> InstanceHashes | None:
+def _recorded_hashes(rec: Any) -> InstanceHashes | None:
     """The hashes the receiver recorded, if they are for this very file (else None: hash it)."""
     h = getattr(rec, "hashes", None)
     if not h or getattr(rec, "rebuilt", False) or h.get("file_hash") != rec.file_hash:
@@ -194,9 +194,10 @@ def extract_study(ctx: MigrationContext, study_instance_uid: str, *, final_attem
         # Native instances were hashed by the receiver from the network bytes, and retrieve()
         # re-read each staged file after its fsync with that same file hash: the same bytes, so
         # the same hashes as hash_instance(path). Only compressed ones are decoded here.
-        todo = [r.path for r in received.values() if not _receive_hashes(r)]
+        recorded = [_recorded_hashes(r) for r in received.values()]
+        todo = [r.path for r, h in zip(received.values(), recorded, strict=True) if h is None]
         computed = iter(_hash_many(todo, ctx.hash_workers))
-        hashes = [_receive_hashes(r) or next(computed) for r in received.values()]
+        hashes = [h or next(computed) for h in recorded]
         rows, bad = [], []
         for rec, h in zip(received.values(), hashes, strict=True):
             if isinstance(h, VerifyError):

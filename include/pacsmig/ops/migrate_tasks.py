@@ -135,8 +135,8 @@ def select_for_run(max_map_length: int | None = None, lanes: int | None = None) 
     units = pack_units([{"study_instance_uid": s["study_instance_uid"], "label": s["label"],
                          "n_instances": s.get("n_instances")} for s in studies],
                        images_per_task=per_task, lanes=lanes, max_units=max_map_length)
+    partition = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in part.items()}
     if per_task > 0:  # packed units may take over each other's studies: they need the partition
-        partition = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in part.items()}
         units = [{**u, "partition": partition} for u in units]
     mapped = sum(len(u["studies"]) for u in units)
     if mapped < len(studies):
@@ -146,8 +146,7 @@ def select_for_run(max_map_length: int | None = None, lanes: int | None = None) 
             "into tasks, use smaller partitions, or re-run", len(studies), mapped, max_map_length)
     logging.getLogger(__name__).info("%d studies in %d tasks (images_per_task=%d)", mapped, len(units), per_task)
     get_current_context()["ti"].xcom_push(key="partition", value={
-        **{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in part.items()},
-        "studies": len(studies), "mapped": mapped, "tasks": len(units), "images_per_task": per_task})
+        **partition, "studies": len(studies), "mapped": mapped, "tasks": len(units), "images_per_task": per_task})
     return units
 
 
